@@ -1,0 +1,1 @@
+"""Leaderboard: eval suites, SQLite store, ratings, views."""

@@ -1,0 +1,1 @@
+"""Isolated code execution: Docker backend, warm pool, image build."""
