@@ -1,0 +1,28 @@
+"""Shared test fixtures.
+
+`require(component, reason)`: a test that needs a real component (Docker daemon, Chromium, a llama.cpp
+server, a GPU) skips on a machine without it, but fails in CI (CI=true), where every component must be
+installed by .ci/run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip (locally) or fail (CI=true) when `what` is missing."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing, and CI=true requires it (.ci/run must install it)")
+    pytest.skip(f"{what} is not available on this machine")
+
+
+@pytest.fixture
+def requires():
+    return require
