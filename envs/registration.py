@@ -68,11 +68,19 @@ def load_plugins() -> list[str]:
 
 def env_ids(namespace: str | None = None) -> list[str]:
     """Every env id that espl lists: the `espl/` ones and those from plugins (any namespace but Gymnasium's own)."""
-    ids = sorted(
+    return sorted(
         env_id for env_id, spec in gym.registry.items()
-        if spec.namespace is not None and (namespace is None or spec.namespace == namespace)
+        if spec.namespace is not None
+        and not _is_gymnasium_builtin(spec)
+        and (namespace is None or spec.namespace == namespace)
     )
-    return ids
+
+
+def _is_gymnasium_builtin(spec: gym.envs.registration.EnvSpec) -> bool:
+    """Gymnasium registers a few namespaced envs of its own (`phys2d/`, `tabular/`): not ours to list."""
+    ep = spec.entry_point
+    module = ep.partition(":")[0] if isinstance(ep, str) else getattr(ep, "__module__", "")
+    return module.split(".")[0] == "gymnasium"
 
 
 def get_spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -99,7 +107,11 @@ def env_class(env_id: str) -> type:
 def describe(env_id: str) -> dict[str, Any]:
     """id, family, max turns and a one-line description, read from the env class and its registered kwargs."""
     spec = get_spec(env_id)
-    cls = env_class(env_id)
+    try:
+        cls = env_class(env_id)
+    except (ImportError, AttributeError) as exc:  # a broken plugin is listed with its error, not fatal
+        return {"id": env_id, "family": "unavailable", "max_turns": spec.kwargs.get("max_turns"),
+                "description": f"cannot import {spec.entry_point}: {exc}", "entry_point": str(spec.entry_point)}
     doc = (getattr(cls, "description", "") or (cls.__doc__ or "")).strip().splitlines()
     max_turns = spec.kwargs.get("max_turns") or spec.max_episode_steps
     if max_turns is None:

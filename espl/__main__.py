@@ -1,0 +1,3 @@
+from espl.cli import main
+
+main()
