@@ -69,7 +69,7 @@ def coerce_action(action: Any) -> Message:
     if isinstance(action, dict) and action.get("role", "assistant") == "assistant":
         content = action.get("content") or ""
         if not isinstance(content, str):
-            raise TypeError(f"action['content'] must be a str, got {type(content).__name__}")
+            raise TypeError(f"action['content'] of the assistant message must be a str, got {type(content).__name__}")
         msg: Message = {"role": "assistant", "content": content}
         if action.get("tool_calls"):
             msg["tool_calls"] = list(action["tool_calls"])
