@@ -1,0 +1,214 @@
+"""Ratings: per-env mean reward ± 95 % CI and pass@k, and TrueSkill from per-task head-to-head outcomes.
+
+- **Score**: mean episode reward and a 95 % confidence half-width, 1.96 × standard error (sample std,
+  ddof=1): the normal approximation that lm-evaluation-harness and Inspect report. It is a little narrow
+  below ~30 episodes; the episode count is shown beside it. Overall score = the mean of the agent's per-env
+  scores (each env counts once, however many episodes it has), with the CI from their standard errors.
+- **pass@k**: the unbiased estimator of Chen et al. 2021 (HumanEval), 1 - C(n-c, k) / C(n, k) per task
+  with n samples of which c succeeded, averaged over tasks with n >= k. An episode succeeds when its
+  reward reaches `SUCCESS_REWARD` (rewards are normalised to [0, 1]; 1 = solved).
+- **TrueSkill** (as TextArena ranks its models): every task (env config + seed) that two or more agents
+  ran is one free-for-all match, agents ranked by their mean reward on it (over samples); rewards within
+  `TIE_MARGIN` are a draw. Matches are played in a fixed order (env, seed; agents by hash), so the same
+  results always give the same ratings. Per env: matches of that env only; overall: all of them. Agents
+  are ranked by the conservative estimate μ - 3σ (TrueSkill's "exposure"), which rewards both skill and
+  the evidence for it; an agent with no opponent keeps the prior (25 ± 8.3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import trueskill
+
+SUCCESS_REWARD = 1.0
+TIE_MARGIN = 0.01  # the trainer's tie rule (ESPL_SPEC step 6): scores within 0.01 draw
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+# The paper's / trainer's TrueSkill constants, so leaderboard and training ratings read the same way.
+TRUESKILL = dict(mu=25.0, sigma=25.0 / 3, beta=25.0 / 6, tau=25.0 / 300, draw_probability=0.10)
+CONSERVATIVE_SIGMAS = 3
+
+
+@dataclass(frozen=True)
+class EpisodeScore:
+    """The part of a stored episode the ratings use."""
+
+    agent: str  # agent content hash
+    env_key: str
+    seed: int
+    sample: int
+    reward: float
+
+
+@dataclass(frozen=True)
+class Rating:
+    mu: float
+    sigma: float
+    matches: int = 0  # tasks this agent shared with at least one other agent
+
+    @property
+    def conservative(self) -> float:
+        return self.mu - CONSERVATIVE_SIGMAS * self.sigma
+
+
+@dataclass(frozen=True)
+class EnvScore:
+    mean: float
+    ci95: float  # half-width
+    episodes: int
+    tasks: int
+    pass_at_k: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def stderr(self) -> float:
+        return self.ci95 / Z_95
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One leaderboard row: an agent's rating and scores (overall, or for one env)."""
+
+    rank: int
+    agent: str
+    rating: Rating
+    score: EnvScore
+    per_env: dict[str, EnvScore]
+    per_env_rating: dict[str, Rating]
+
+
+# ---- scores --------------------------------------------------------------------------------------------
+def mean_ci(rewards: Sequence[float]) -> tuple[float, float]:
+    """(mean, 95 % half-width), normal approximation. One episode has no spread to estimate: its half-width
+    is 0, and the episode count shown beside it says how little that means."""
+    n = len(rewards)
+    if n == 0:
+        raise ValueError("mean_ci: no rewards")
+    mean = math.fsum(rewards) / n
+    if n == 1:
+        return mean, 0.0
+    var = math.fsum((r - mean) ** 2 for r in rewards) / (n - 1)
+    return mean, Z_95 * math.sqrt(var / n)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al. 2021: probability that at least one of k samples (of n, c correct) is correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def ks_for(samples_per_task: Iterable[int]) -> list[int]:
+    """The k to report: 1, powers of two, and the largest k every task has enough samples for."""
+    n_min = min(samples_per_task, default=0)
+    if n_min < 1:
+        return []
+    ks = {1, n_min}
+    k = 2
+    while k < n_min:
+        ks.add(k)
+        k *= 2
+    return sorted(ks)
+
+
+def env_score(episodes: Sequence[EpisodeScore]) -> EnvScore:
+    """Mean ± CI and pass@k of one agent on one env config."""
+    mean, ci = mean_ci([e.reward for e in episodes])
+    by_task: dict[int, list[float]] = defaultdict(list)
+    for e in episodes:
+        by_task[e.seed].append(e.reward)
+    ks = ks_for(len(v) for v in by_task.values())
+    passes = {
+        k: math.fsum(pass_at_k(len(v), sum(r >= SUCCESS_REWARD for r in v), k) for v in by_task.values()) / len(by_task)
+        for k in ks
+    }
+    return EnvScore(mean=mean, ci95=ci, episodes=len(episodes), tasks=len(by_task), pass_at_k=passes)
+
+
+def overall_score(per_env: dict[str, EnvScore]) -> EnvScore:
+    """Macro average over envs: each env counts once; CI from the per-env standard errors."""
+    scores = list(per_env.values())
+    m = len(scores)
+    mean = math.fsum(s.mean for s in scores) / m
+    se = math.sqrt(math.fsum(s.stderr ** 2 for s in scores)) / m
+    passes = {1: math.fsum(s.pass_at_k.get(1, 0.0) for s in scores) / m} if all(1 in s.pass_at_k for s in scores) else {}
+    return EnvScore(mean=mean, ci95=Z_95 * se, episodes=sum(s.episodes for s in scores),
+                    tasks=sum(s.tasks for s in scores), pass_at_k=passes)
+
+
+# ---- TrueSkill -----------------------------------------------------------------------------------------
+def rank_by_reward(rewards: Sequence[float], margin: float = TIE_MARGIN) -> list[int]:
+    """Ranks (0 = best) for rewards, higher is better; a reward within `margin` of the one ranked just above
+    it shares that rank (draws), as the trainer ranks prompts."""
+    order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
+    ranks = [0] * len(rewards)
+    for pos, i in enumerate(order):
+        if pos and rewards[order[pos - 1]] - rewards[i] <= margin:
+            ranks[i] = ranks[order[pos - 1]]
+        else:
+            ranks[i] = pos
+    return ranks
+
+
+def task_matches(episodes: Iterable[EpisodeScore]) -> list[tuple[tuple[str, int], dict[str, float]]]:
+    """Per task (env_key, seed), in sorted order, each agent's mean reward over its samples; only tasks that
+    two or more agents ran are matches."""
+    sums: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for e in episodes:
+        sums[(e.env_key, e.seed)][e.agent].append(e.reward)
+    return [
+        (task, {a: math.fsum(v) / len(v) for a, v in sorted(by_agent.items())})
+        for task, by_agent in sorted(sums.items())
+        if len(by_agent) >= 2
+    ]
+
+
+def trueskill_ratings(episodes: Iterable[EpisodeScore], agents: Iterable[str] = ()) -> dict[str, Rating]:
+    """TrueSkill after playing every shared task as a free-for-all match, in a fixed order."""
+    env = trueskill.TrueSkill(**TRUESKILL)
+    episodes = list(episodes)
+    ratings = {a: env.create_rating() for a in sorted(set(agents) | {e.agent for e in episodes})}
+    played: dict[str, int] = defaultdict(int)
+    for _task, scores in task_matches(episodes):
+        names = sorted(scores)
+        ranks = rank_by_reward([scores[a] for a in names])
+        groups = [(ratings[a],) for a in names]
+        try:
+            new = env.rate(groups, ranks=ranks)
+        except FloatingPointError:
+            # trueskill's float backend gives up on very lopsided matches; mpmath (a sympy dependency,
+            # installed with math-verify) computes the same update at high precision
+            new = trueskill.TrueSkill(**TRUESKILL, backend="mpmath").rate(groups, ranks=ranks)
+        for a, (r,) in zip(names, new):
+            ratings[a] = r
+            played[a] += 1
+    return {a: Rating(mu=float(r.mu), sigma=float(r.sigma), matches=played[a]) for a, r in ratings.items()}
+
+
+# ---- the table -----------------------------------------------------------------------------------------
+def standings(episodes: Sequence[EpisodeScore], env_key: str | None = None) -> list[Standing]:
+    """Leaderboard rows, best first: overall, or for one env config when `env_key` is given.
+
+    Order: conservative rating (μ - 3σ), then mean score, then agent hash, so it is total and stable.
+    """
+    if env_key is not None:
+        episodes = [e for e in episodes if e.env_key == env_key]
+    by_agent_env: dict[str, dict[str, list[EpisodeScore]]] = defaultdict(lambda: defaultdict(list))
+    for e in episodes:
+        by_agent_env[e.agent][e.env_key].append(e)
+    env_keys = sorted({e.env_key for e in episodes})
+    per_env_ratings = {k: trueskill_ratings([e for e in episodes if e.env_key == k]) for k in env_keys}
+    overall = per_env_ratings[env_key] if env_key is not None else trueskill_ratings(episodes)
+
+    rows = []
+    for agent, envs in by_agent_env.items():
+        per_env = {k: env_score(v) for k, v in sorted(envs.items())}
+        rows.append((agent, overall[agent], overall_score(per_env), per_env,
+                     {k: per_env_ratings[k][agent] for k in per_env}))
+    rows.sort(key=lambda r: (-r[1].conservative, -r[2].mean, r[0]))
+    return [Standing(rank=i + 1, agent=a, rating=rt, score=sc, per_env=pe, per_env_rating=pr)
+            for i, (a, rt, sc, pe, pr) in enumerate(rows)]

@@ -1,0 +1,124 @@
+"""Rating math on hand-built episode scores (test data), checked against hand-computed values and against
+direct `trueskill` calls."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import trueskill
+
+from espl.leaderboard.ratings import (
+    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pass_at_k, rank_by_reward,
+    standings, task_matches, trueskill_ratings,
+)
+
+
+def ep(agent, seed, reward, env="espl/Math-v0", sample=0):
+    return EpisodeScore(agent=agent, env_key=env, seed=seed, sample=sample, reward=reward)
+
+
+def test_mean_ci_hand_computed():
+    mean, ci = mean_ci([1, 0, 1, 0])
+    # s = sqrt(1/3), se = s / 2, 95 % half-width = 1.96 * se
+    assert mean == 0.5 and ci == pytest.approx(1.959964 * math.sqrt(1 / 3) / 2, rel=1e-6)
+    assert mean_ci([0.25]) == (0.25, 0.0)
+    assert mean_ci([1.0] * 5) == (1.0, 0.0)
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (1, 1, 1, 1.0), (1, 0, 1, 0.0), (2, 1, 1, 0.5), (2, 1, 2, 1.0),
+    (4, 1, 2, 0.5),            # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    (5, 2, 3, 0.9),            # 1 - C(3,3)/C(5,3) = 1 - 1/10
+    (10, 0, 5, 0.0), (10, 10, 1, 1.0),
+])
+def test_pass_at_k_hand_computed(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(2, 1, 3)
+
+
+def test_ks_reported():
+    assert ks_for([1, 1]) == [1]
+    assert ks_for([8, 8]) == [1, 2, 4, 8]
+    assert ks_for([6, 5]) == [1, 2, 4, 5]
+
+
+def test_env_score_pass_at_k_over_tasks():
+    # task 0: 1 of 2 samples solved; task 1: 0 of 2; task 2: 2 of 2 (partial credit 0.5 is not a success)
+    eps = [ep("a", 0, 1.0, sample=0), ep("a", 0, 0.0, sample=1), ep("a", 1, 0.5, sample=0),
+           ep("a", 1, 0.0, sample=1), ep("a", 2, 1.0, sample=0), ep("a", 2, 1.0, sample=1)]
+    s = env_score(eps)
+    assert (s.episodes, s.tasks) == (6, 3)
+    assert s.mean == pytest.approx(3.5 / 6)
+    assert s.pass_at_k == {1: pytest.approx((0.5 + 0 + 1) / 3), 2: pytest.approx((1 + 0 + 1) / 3)}
+
+
+def test_overall_is_macro_average():
+    math_ = env_score([ep("a", s, r) for s, r in enumerate([1, 1, 0, 0])])
+    tools = env_score([ep("a", s, 1.0, env="t") for s in range(20)])
+    o = overall_score({"m": math_, "t": tools})
+    assert o.mean == pytest.approx(0.75)  # (0.5 + 1.0) / 2, not 22/24
+    assert o.ci95 == pytest.approx(math_.ci95 / 2)
+    assert o.episodes == 24
+
+
+def test_rank_by_reward_ties_within_margin():
+    assert rank_by_reward([0.5, 1.0, 0.995, 0.0]) == [2, 0, 0, 3]
+    assert rank_by_reward([0.0, 0.0, 0.0]) == [0, 0, 0]
+
+
+def test_task_matches_average_samples_and_skip_solo_tasks():
+    eps = [ep("a", 0, 1.0, sample=0), ep("a", 0, 0.0, sample=1), ep("b", 0, 1.0), ep("a", 1, 1.0)]
+    assert task_matches(eps) == [(("espl/Math-v0", 0), {"a": 0.5, "b": 1.0})]
+
+
+def test_trueskill_equals_direct_computation_with_ties():
+    eps = [ep("a", 0, 1.0), ep("b", 0, 0.0), ep("c", 0, 0.0),   # a wins, b and c draw
+           ep("a", 1, 0.0), ep("b", 1, 1.0),                     # b beats a (c did not run seed 1)
+           ep("a", 2, 1.0), ep("b", 2, 1.0), ep("c", 2, 1.0)]    # three-way draw
+    got = trueskill_ratings(reversed(eps))  # input order must not matter
+    env = trueskill.TrueSkill(**TRUESKILL)
+    a = b = c = env.create_rating()
+    (a,), (b,), (c,) = env.rate([(a,), (b,), (c,)], ranks=[0, 1, 1])
+    (a,), (b,) = env.rate([(a,), (b,)], ranks=[1, 0])
+    (a,), (b,), (c,) = env.rate([(a,), (b,), (c,)], ranks=[0, 0, 0])
+    for name, want in zip("abc", (a, b, c)):
+        assert got[name].mu == pytest.approx(want.mu) and got[name].sigma == pytest.approx(want.sigma)
+    assert (got["a"].matches, got["b"].matches, got["c"].matches) == (3, 3, 2)
+
+
+def test_agent_without_opponent_keeps_prior():
+    got = trueskill_ratings([ep("solo", 0, 1.0), ep("solo", 1, 1.0), ep("x", 5, 1.0)])
+    assert got["solo"].mu == 25.0 and got["solo"].sigma == pytest.approx(25 / 3) and got["solo"].matches == 0
+
+
+def test_standings_order_is_deterministic_and_sensible():
+    rng = random.Random(0)
+    skill = {"strong": 0.8, "mid": 0.5, "weak": 0.2}
+    eps = [ep(a, s, float(rng.random() < p), env=env)
+           for env in ("espl/Math-v0", "espl/Search-v0") for s in range(40) for a, p in skill.items()]
+    rows = standings(eps)
+    assert [r.agent for r in rows] == ["strong", "mid", "weak"]
+    assert [r.rank for r in rows] == [1, 2, 3]
+    shuffled = eps[:]
+    rng.shuffle(shuffled)
+    again = standings(shuffled)
+    assert [(r.agent, r.rating.mu, r.rating.sigma) for r in again] == [(r.agent, r.rating.mu, r.rating.sigma) for r in rows]
+    assert set(rows[0].per_env) == {"espl/Math-v0", "espl/Search-v0"}
+    only_math = standings(eps, env_key="espl/Search-v0")
+    assert set(only_math[0].per_env) == {"espl/Search-v0"}
+    assert only_math[0].rating == only_math[0].per_env_rating["espl/Search-v0"]
+
+
+def test_lopsided_history_does_not_crash():
+    # hundreds of straight wins push ratings to where trueskill's float backend can give up
+    eps = [ep(a, s, r) for s in range(600) for a, r in (("w", 1.0), ("l", 0.0))]
+    got = trueskill_ratings(eps)
+    assert got["w"].mu > got["l"].mu and all(math.isfinite(r.mu) for r in got.values())
