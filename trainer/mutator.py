@@ -337,6 +337,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def clean_principle(text: str, max_words: int, rejected: Counter) -> str | None:
     """One principle normalised to a single line, or None (counted) when empty or too long."""
+    text = text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates from JSON "\ud800"
     text = " ".join(_CONTROL.sub(" ", text).split())
     text = re.sub(r"^\[?[A-Z]?\.?G?\d+\]?[.:)]\s*", "", text)  # a model often repeats the "[G3]." label
     if not text:
