@@ -9,6 +9,7 @@ import typer
 
 import espl
 from espl.cli import envs as envs_cli
+from espl.cli import leaderboard as leaderboard_cli
 
 app = typer.Typer(
     name="espl",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(envs_cli.app, name="envs")
+app.add_typer(leaderboard_cli.app, name="leaderboard")
 
 
 def _version(value: bool) -> None:
