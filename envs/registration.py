@@ -34,6 +34,8 @@ class EnvRecord:
 ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/Math-v0", "espl.envs.math:MathEnv", {}),
     EnvRecord("espl/MathCompetition-v0", "espl.envs.math:MathCompetitionEnv", {}),
+    EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
+    EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
 )
 
 _plugins_loaded = False
