@@ -85,7 +85,7 @@ _ANSWER_RE = re.compile(r"\banswer\b[^\S\n]*(?:\*\*|__)?[^\S\n]*[:：]", re.IGNO
 # A number: optional sign (a minus right after a digit, letter or closing bracket is subtraction, not a
 # sign), digits with optional thousands separators, optional decimals, optional /denominator.
 _NUMBER_RE = re.compile(
-    r"(?:(?<![\w)\]}])[-−])?(?<![\d.,])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?"
+    r"(?:(?<![\w)\]}])[-−])?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?"
 )
 _PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[+-]?\.\d+")
 
