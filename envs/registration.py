@@ -36,6 +36,7 @@ ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/MathCompetition-v0", "espl.envs.math:MathCompetitionEnv", {}),
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
+    EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
 )
 
 _plugins_loaded = False

@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(envs_cli.app, name="envs")
 app.add_typer(leaderboard_cli.app, name="leaderboard")
+app.add_typer(__import__("espl.cli.sandbox", fromlist=["app"]).app, name="sandbox")
 
 
 def _version(value: bool) -> None:
