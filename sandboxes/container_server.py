@@ -107,28 +107,43 @@ def kill_everything():
 
 
 def wipe(path):
-    """Empty a directory the sandbox user owns, whatever modes the program left on it."""
-    try:
-        os.chmod(path, 0o700) if path not in SCRATCH_DIRS else None
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        full = os.path.join(path, name)
+    """Empty a directory the sandbox user owns, whatever modes and depth the program left; True if empty after.
+    Iterative (no recursion limit) and chmod-ing every directory first (a chmod 0 dir cannot be listed)."""
+    if path not in SCRATCH_DIRS:  # the work dir itself: the program may have chmod-ed it
         try:
-            if stat.S_ISDIR(os.lstat(full).st_mode):
-                for root, dirs, _ in os.walk(full):
-                    for d in dirs:
-                        try:
-                            os.chmod(os.path.join(root, d), 0o700)
-                        except OSError:
-                            pass
-                os.chmod(full, 0o700)
-                shutil.rmtree(full, ignore_errors=True)
-            else:
-                os.unlink(full)
+            os.chmod(path, 0o700)
         except OSError:
             pass
+    dirs, stack = [], [path]
+    while stack:
+        d = stack.pop()
+        if d != path or path not in SCRATCH_DIRS:
+            try:
+                os.chmod(d, 0o700)
+            except OSError:
+                pass
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        dirs.append(d)
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    os.unlink(e.path)
+            except OSError:
+                pass
+    for d in reversed(dirs[1:]):  # children before parents
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
 
 
 def write_files(workdir, files):
@@ -163,8 +178,9 @@ def run(req):
     workdir = req["workdir"]
     if req.get("reset"):
         kill_everything()
-        for d in (workdir,) + SCRATCH_DIRS:
-            wipe(d)
+        dirty = [d for d in (workdir,) + SCRATCH_DIRS if not wipe(d)]
+        if dirty:  # the host replaces this container rather than let state through
+            return {"error": "reset failed: %s not empty" % ", ".join(dirty), "reset_failed": True}
     write_files(workdir, req.get("files") or {})
     env = dict(BASE_ENV, HOME=workdir)
     env.update(req.get("env") or {})
@@ -190,6 +206,8 @@ def run(req):
     sel = selectors.DefaultSelector()
     for fd in streams:
         sel.register(fd, selectors.EVENT_READ)
+    # the host never writes during a run, so stdin turning readable means EOF: the owner is gone
+    sel.register(0, selectors.EVENT_READ)
     deadline, exited_at = start + timeout, None
     while streams:
         now = time.monotonic()
@@ -202,6 +220,9 @@ def run(req):
             break
         wait = min(deadline - now, 0.05) if exited_at is None else DRAIN_GRACE_S
         for key, _ in sel.select(max(wait, 0.0)):
+            if key.fd == 0:
+                kill_everything()
+                os._exit(0)  # the container ends (and is auto-removed) with its owner
             chunk = os.read(key.fd, 65536)
             if not chunk:
                 sel.unregister(key.fd)
@@ -238,7 +259,10 @@ def run(req):
 
 def main():
     make_undumpable()
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # default dispositions everywhere: PID 1 then ignores every signal sent from inside the container
+    # (Python installs a SIGINT handler of its own, which would let the program stop us with kill -INT 1)
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         header = stdin.readline()

@@ -31,6 +31,10 @@ class SandboxError(RuntimeError):
     """The sandbox backend failed (not the program inside it)."""
 
 
+class ResetFailed(SandboxError):
+    """A warm container could not be wiped between leases; the pool replaces it."""
+
+
 class SandboxUnavailable(SandboxError):
     """The backend cannot run anything: no daemon, no image, unknown runtime. The message says the fix."""
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from espl.sandboxes.core import (
-    LABEL, OWNER_HOST_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL, ExecutionResult, SandboxConfig, SandboxError,
-    SandboxUnavailable, build_request, result_from_reply,
+    LABEL, OWNER_HOST_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL, ExecutionResult, ResetFailed, SandboxConfig,
+    SandboxError, SandboxUnavailable, build_request, result_from_reply,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ def create_container(client, config: SandboxConfig) -> str:
 # ---- the per-process registry of live containers, emptied on exit and SIGTERM -----------------------------------
 _LIVE: dict[str, "Container"] = {}
 _LIVE_LOCK = threading.RLock()  # re-entrant: the SIGTERM handler may interrupt a holder in the main thread
-_HANDLERS_INSTALLED = False
+_ATEXIT_INSTALLED = False
+_SIGTERM_INSTALLED = False
 
 
 def cleanup_all() -> int:
@@ -171,16 +172,19 @@ def remove_all(containers: list["Container"]) -> None:
         t.join(timeout=30)
 
 
-def _install_cleanup_handlers() -> None:
+def install_cleanup_handlers() -> None:
     """atexit + SIGTERM: a terminated owner removes its containers before it dies. SIGINT raises
-    KeyboardInterrupt as usual, so context managers and atexit clean up; it needs no handler of ours."""
-    global _HANDLERS_INSTALLED
-    if _HANDLERS_INSTALLED:
-        return
-    _HANDLERS_INSTALLED = True
-    atexit.register(cleanup_all)
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread; atexit and the reaper still apply
+    KeyboardInterrupt as usual, so context managers and atexit clean up; it needs no handler of ours.
+    Called by every sandbox and pool constructor; the SIGTERM part only takes in the main thread (Python's
+    rule), so a sandbox first made in a worker thread gets it from the next call in the main thread."""
+    global _ATEXIT_INSTALLED, _SIGTERM_INSTALLED
+    with _LIVE_LOCK:
+        if not _ATEXIT_INSTALLED:
+            _ATEXIT_INSTALLED = True
+            atexit.register(cleanup_all)
+        if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
+            return
+        _SIGTERM_INSTALLED = True
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
@@ -213,7 +217,7 @@ class Container:
         self._buf = bytearray()  # raw multiplexed bytes not yet parsed
         self._stdout = bytearray()
         self._stderr = bytearray()
-        _install_cleanup_handlers()
+        install_cleanup_handlers()
         try:
             self.id: str = create_container(client, config)
         except docker.errors.ImageNotFound:
@@ -255,6 +259,9 @@ class Container:
             server_err = self._stderr.decode("utf-8", "replace")[-2000:]
             return ExecutionResult("", f"sandbox: the container died during the run ({exc}). {server_err}".strip(),
                                    137, False, oom, 0.0, False)
+        if reply.get("reset_failed"):
+            self.broken = True
+            raise ResetFailed(reply["error"])
         if reply.get("error"):
             raise SandboxError(f"sandbox server rejected the request: {reply['error']}")
         return result_from_reply(reply)
@@ -353,6 +360,7 @@ class DockerSandbox:
         self.config = config
         self.client = connect(config.docker_host)
         check_image(self.client, config.image)
+        install_cleanup_handlers()
         self._closed = False
 
     def run(

@@ -24,8 +24,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Iterator, Mapping, Sequence
 
-from espl.sandboxes.core import ExecutionResult, SandboxConfig, SandboxError, build_request, check_timeout
-from espl.sandboxes.docker_sandbox import Container, check_image, connect, remove_all
+from espl.sandboxes.core import (
+    ExecutionResult, ResetFailed, SandboxConfig, SandboxError, build_request, check_timeout,
+)
+from espl.sandboxes.docker_sandbox import Container, check_image, connect, install_cleanup_handlers, remove_all
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,12 @@ class Lease:
             container = self._container = self._pool._swap(container)
         req["reset"] = self._first and container.dirty
         self._first = False
-        result = container.request(req)
+        try:
+            result = container.request(req)
+        except ResetFailed:  # could not be wiped: never reuse it; a fresh container needs no reset
+            container = self._container = self._pool._swap(container)
+            req["reset"] = False
+            result = container.request(req)
         container.dirty = True
         if result.timed_out or result.oom_killed:
             container.broken = True  # the server cleaned up, but a container that hit a limit is not trusted again
@@ -78,6 +85,7 @@ class SandboxPool:
         self.size = size
         self.client = connect(self.config.docker_host)
         check_image(self.client, self.config.image)
+        install_cleanup_handlers()
         if reap_orphans:
             from espl.sandboxes.reaper import reap
 
