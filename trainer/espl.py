@@ -243,7 +243,7 @@ def build_policy(cfg: TrainConfig) -> Any:
     """The trainable policy: the HF model with a fresh LoRA adapter (PEFT)."""
     from espl.agents.hf import HFPolicy, LoraSettings
 
-    return HFPolicy(model=cfg.model, lora=LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
 
 
 def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
@@ -457,7 +457,9 @@ class Trainer:
         scale = 1.0 / total_tokens if self.cfg.loss_reduction == "mean" else 1.0
         device = next(model.parameters()).device
         pad = self.policy.tokenizer.pad_token_id or 0
-        temperature = self.cfg.temperature if getattr(self.policy, "logprobs_tempered", False) else 1.0
+        # The sampler's log-probs are log softmax(logits / T) (agents/hf.py), so π_θ is computed at the same T:
+        # on-policy the IS ratio is exactly 1 and only sampler/trainer numerics move it.
+        temperature = self.cfg.temperature if self.cfg.temperature > 0 else 1.0
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0

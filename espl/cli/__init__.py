@@ -20,6 +20,11 @@ app = typer.Typer(
 app.add_typer(envs_cli.app, name="envs")
 app.add_typer(leaderboard_cli.app, name="leaderboard")
 app.add_typer(__import__("espl.cli.sandbox", fromlist=["app"]).app, name="sandbox")
+from espl.cli import train as train_cli  # noqa: E402  (train, prompts, plot)
+
+app.command("train")(train_cli.train)
+app.command("prompts")(train_cli.prompts)
+app.command("plot")(train_cli.plot)
 
 
 def _version(value: bool) -> None:
