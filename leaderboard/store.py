@@ -63,7 +63,7 @@ CREATE TABLE runs (
     agent_id INTEGER NOT NULL REFERENCES agents(id),
     suite TEXT NOT NULL,
     suite_hash TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed', 'interrupted')),
     started_at TEXT NOT NULL,
     finished_at TEXT,
     metadata_json TEXT NOT NULL
