@@ -209,12 +209,12 @@ def run(req):
     # the host never writes during a run, so stdin turning readable means EOF: the owner is gone
     sel.register(0, selectors.EVENT_READ)
     deadline, exited_at = start + timeout, None
-    while streams:
+    while True:  # until the program exits and its pipes drain, or the timeout (closed pipes do not end it)
         now = time.monotonic()
         if exited_at is None and proc.poll() is not None:
             exited_at = now
-        if exited_at is not None and now - exited_at > DRAIN_GRACE_S:
-            break  # a background process still holds the pipe; it is killed below
+        if exited_at is not None and (not streams or now - exited_at > DRAIN_GRACE_S):
+            break  # drained, or a background process still holds the pipe (it is killed below)
         if exited_at is None and now >= deadline:
             timed_out = True
             break

@@ -31,6 +31,10 @@ class SandboxError(RuntimeError):
     """The sandbox backend failed (not the program inside it)."""
 
 
+class ContainerGone(SandboxError):
+    """A warm container ended while idle (removed from outside, daemon restart); the pool replaces it."""
+
+
 class ResetFailed(SandboxError):
     """A warm container could not be wiped between leases; the pool replaces it."""
 

@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from espl.sandboxes.core import (
-    LABEL, OWNER_HOST_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL, ExecutionResult, ResetFailed, SandboxConfig,
-    SandboxError, SandboxUnavailable, build_request, result_from_reply,
+    LABEL, OWNER_HOST_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL, ContainerGone, ExecutionResult, ResetFailed,
+    SandboxConfig, SandboxError, SandboxUnavailable, build_request, result_from_reply,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ def _client(url: str):
     import docker
 
     try:
-        client = docker.DockerClient(base_url=url, timeout=120) if url else docker.from_env(timeout=120)
+        # every warm container holds one connection (its attach stream) besides the pooled API requests
+        client = (docker.DockerClient(base_url=url, timeout=120, max_pool_size=64) if url
+                  else docker.from_env(timeout=120, max_pool_size=64))
         client.ping()
     except Exception as exc:
         where = url or "the local socket (unix:///var/run/docker.sock)"
@@ -244,6 +247,10 @@ class Container:
         """Send one run to the server and wait for its reply (the container is killed past timeout + grace)."""
         data = json.dumps(req).encode()
         deadline = time.monotonic() + req["timeout_s"] + HOST_GRACE_S
+        if self._peer_closed():  # died while idle (removed from outside, daemon restart): not the program's doing
+            self.broken = True
+            self.remove()
+            raise ContainerGone(f"sandbox container {self.id[:12]} ended while idle")
         try:
             self._raw.sendall(b"%d\n" % len(data) + data)
             reply = self._read_reply(deadline)
@@ -265,6 +272,21 @@ class Container:
         if reply.get("error"):
             raise SandboxError(f"sandbox server rejected the request: {reply['error']}")
         return result_from_reply(reply)
+
+    def _peer_closed(self) -> bool:
+        try:
+            readable, _, _ = select.select([self._raw], [], [], 0)
+            if not readable:
+                return False
+            self._raw.settimeout(1.0)
+            chunk = self._raw.recv(1 << 20)
+        except OSError:
+            return True
+        if not chunk:
+            return True
+        self._buf += chunk  # output the server wrote while idle (e.g. a traceback on stderr)
+        self._demux()
+        return False
 
     def _read_reply(self, deadline: float) -> dict[str, Any]:
         while True:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any, Iterator, Mapping, Sequence
 
 from espl.sandboxes.core import (
-    ExecutionResult, ResetFailed, SandboxConfig, SandboxError, build_request, check_timeout,
+    ContainerGone, ExecutionResult, ResetFailed, SandboxConfig, SandboxError, build_request, check_timeout,
 )
 from espl.sandboxes.docker_sandbox import Container, check_image, connect, install_cleanup_handlers, remove_all
 
@@ -63,7 +63,7 @@ class Lease:
         self._first = False
         try:
             result = container.request(req)
-        except ResetFailed:  # could not be wiped: never reuse it; a fresh container needs no reset
+        except (ResetFailed, ContainerGone):  # never reuse it; a fresh container needs no reset
             container = self._container = self._pool._swap(container)
             req["reset"] = False
             result = container.request(req)

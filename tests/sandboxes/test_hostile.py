@@ -132,6 +132,33 @@ def test_sleep_past_timeout(pool):
     assert r.timed_out and 0.9 <= r.duration_s < 5
 
 
+def test_closing_its_pipes_does_not_escape_the_timeout(pool):
+    t0 = time.monotonic()
+    r = pool.run("import os, time\nos.close(1); os.close(2)\ntime.sleep(60)", timeout_s=1)
+    assert r.timed_out and time.monotonic() - t0 < 5  # the server's timer, not the host's grace
+
+
+def test_kill_minus_one_spares_the_server(pool):
+    with pool.lease() as box:
+        r = box.run("import os, signal, subprocess\np = subprocess.Popen(['sleep', '100'])\n"
+                    "os.kill(-1, signal.SIGKILL)\nprint(p.wait())")
+        assert r.exit_code == 0 and r.stdout == "-9\n"  # its own child died; PID 1 (the server) did not
+        assert box.run("print('ok')").stdout == "ok\n"
+
+
+def test_container_removed_while_idle_is_replaced(docker_ready):
+    from espl.sandboxes.docker_sandbox import connect
+    from espl.sandboxes.pool import SandboxPool
+
+    with SandboxPool(size=1) as one:
+        with one.lease() as box:
+            first = box.container_id
+            box.run("print(1)")
+        connect().api.remove_container(first, force=True)  # e.g. `docker rm -f`, or a daemon restart
+        with one.lease() as box:
+            assert box.run("print('fresh')").stdout == "fresh\n" and box.container_id != first
+
+
 def test_background_process_does_not_outlive_the_run(pool):
     with pool.lease() as box:
         t0 = time.monotonic()
