@@ -266,6 +266,9 @@ class Container:
             server_err = self._stderr.decode("utf-8", "replace")[-2000:]
             return ExecutionResult("", f"sandbox: the container died during the run ({exc}). {server_err}".strip(),
                                    137, False, oom, 0.0, False)
+        except BaseException:  # KeyboardInterrupt mid-run: a reply may still come; never hand this one out again
+            self.broken = True
+            raise
         if reply.get("reset_failed"):
             self.broken = True
             raise ResetFailed(reply["error"])
