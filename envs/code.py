@@ -115,7 +115,7 @@ class CodeEnv(MultiTurnEnv):
         tests = instrument_tests(p.tests)
         prompt = f"{INSTRUCTION}\n\n```python\n{p.stub.rstrip()}\n```"
         return Task(id=p.id, prompt=prompt, answer=p.reference, data={
-            "stub": p.stub, "entry_point": p.entry_point, "tests": tests.source, "test_texts": tests.texts,
+            "stub": p.stub, "entry_point": p.entry_point, "tests": tests.source, "test_texts": p.test_texts(tests),
             "source": p.source,
         })
 

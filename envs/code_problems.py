@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import random
+import re
 import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +37,13 @@ class CodeProblem:
     tests: str  # a module defining check(candidate)
     reference: str  # a full reference solution (stub + body for HumanEval)
     source: str  # "humaneval" | "generated"
+    shown_tests: tuple[str, ...] = ()  # how each test reads in feedback (default: its source, see test_texts)
+
+    def test_texts(self, instrumented: "InstrumentedTests") -> tuple[str, ...]:
+        """Each test as the model sees it in multi-turn feedback: calls name the function, not `candidate`."""
+        if self.shown_tests:
+            return self.shown_tests
+        return tuple(re.sub(r"\bcandidate\b", self.entry_point, t) for t in instrumented.texts)
 
 
 @dataclass(frozen=True)
@@ -308,5 +316,6 @@ def generate_problem(split: str, index: int) -> CodeProblem:
     asserts = [f"    assert _espl_same(_got := candidate({', '.join(repr(a) for a in args)}), {solve(*args)!r}), "
                "f'returned {_got!r}'" for args in inputs]
     tests = SAME_HELPER + "\n\ndef check(candidate):\n" + "\n".join(asserts) + "\n"
+    shown = tuple(f"assert {name}({', '.join(repr(a) for a in args)}) == {solve(*args)!r}" for args in inputs)
     return CodeProblem(id=f"gen/{family}-{spec}/{index}", stub=stub, entry_point=name, tests=tests,
-                       reference=ref, source="generated")
+                       reference=ref, source="generated", shown_tests=shown)

@@ -156,6 +156,7 @@ def test_multi_turn_feedback_then_fix(docker):
     assert (reward, terminated) == (0.0, False) and info["attempt_reason"] == "wrong_answer"
     text = obs[0]["content"]
     assert obs[0]["role"] == "user" and "First failing test" in text and "returned None" in text and "debug" in text
+    assert f"assert {name}(" in text and "_espl" not in text  # the test reads as plain Python
     _, reward, terminated, _, info = env.step(fenced(task.answer))
     assert (reward, terminated, info["reason"], info["turn"]) == (1.0, True, "correct", 3)
 
