@@ -7,7 +7,8 @@
 Extraction, in priority order (the first that finds something wins):
   1. "boxed":        the last `\\boxed{...}` (or `\\fbox{...}`), nested braces allowed;
   2. "answer_line":  the last line with `Answer:` (any case, `Final answer:`, `**Answer:**` too);
-                     an empty `Answer:` line takes the next non-empty line;
+                     an empty `Answer:` line takes the next non-empty line; the format's
+                     placeholder copied as is (`Answer: <answer>`) does not count;
   3. "last_number":  the last number in the text: integers, negatives, decimals, fractions like 3/4 and
                      thousands separators (1,234 -> 1234). Small models rarely write an `Answer:` line
                      (measured with SmolLM2-135M, issue 3), so a reward that demands the format is 0
@@ -133,6 +134,8 @@ def _last_answer_line(text: str) -> str | None:
             rest = _strip_wrappers(line)
             if rest:
                 break
+    if rest.lower() == "answer":  # the format's placeholder copied as is ("Answer: <answer>"): no answer
+        return None
     return rest or None
 
 
@@ -146,12 +149,12 @@ def _last_number(text: str) -> str | None:
 
 
 def _strip_wrappers(s: str) -> str:
-    """Markdown/LaTeX wrappers around an answer: `**42**`, `$42$`, `\\(42\\)`, `42.`."""
+    """Markdown/LaTeX wrappers around an answer: `**42**`, `$42$`, `\\(42\\)`, `42.`, `<42>` (the format's brackets)."""
     s = s.strip()
     for _ in range(3):
         before = s
         s = s.strip().strip("*_`").strip()
-        for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("<", ">")):
             if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
                 s = s[len(left):len(s) - len(right)].strip()
         s = s.rstrip(".").rstrip()
@@ -188,7 +191,7 @@ _CLAUSE_RE = re.compile(r"[,.;:!?(]| - | because ")
 
 def _plain_number(s: str) -> Fraction | None:
     """The exact value of a plain number string ('-1,234.5', '3/4', '.5'), else None."""
-    s = _strip_wrappers(s).replace("−", "-").replace(" ", "")
+    s = _strip_wrappers(s).replace("−", "-")
     if not _PLAIN_NUMBER_RE.fullmatch(s):
         return None
     s = s.replace(",", "")

@@ -23,6 +23,8 @@ EXTRACTION = [
     ("Answer: 5, but formally $\\boxed{\\{1, 2\\}}$", "\\{1, 2\\}", "boxed"),
     ("\\boxed{7} and a cut-off \\boxed{\\frac{1}{", "7", "boxed"),
     ("\\fbox{9}", "9", "boxed"),
+    ("Answer: <42>", "42", "answer_line"),
+    ("3 * 4 = 12\nAnswer: <answer>", "12", "last_number"),
     ("10-3 = 7", "7", "last_number"),
     ("It is -3.", "-3", "last_number"),
     ("x = −4", "-4", "last_number"),
@@ -51,6 +53,7 @@ GRADING = [
     ("3", "-3", False, "wrong_answer"),
     ("1,234", "1234", True, "correct"),
     ("007", "7", True, "correct"),
+    ("1 2", "12", False, "wrong_answer"),
     # decimals and fractions
     ("12.0", "12", True, "correct"),
     ("0.5", "1/2", True, "correct"),
