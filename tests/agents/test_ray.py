@@ -1,0 +1,143 @@
+"""RayRollout on a real local Ray cluster (2 workers, 127.0.0.1) with the real packaged SmolLM2: the same
+trajectories as the local rollout, LoRA weights pushed to the workers, a worker killed mid-rollout is
+replaced and its episodes retried, nothing counted twice."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+
+import pytest
+
+from espl.agents.rollout import Episode, rollout
+from espl.types import SamplingParams
+from tests.conftest import require
+
+ENV = "espl/Math-v0"
+PARAMS = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=16, seed=7)
+SYSTEM = "Solve the problem. End with a line 'Answer: <number>'."
+
+
+def episodes(n: int) -> list[Episode]:
+    return [Episode(seed=100 + i, system_prompt=SYSTEM) for i in range(n)]
+
+
+def same(a, b) -> None:
+    """Trajectories equal: every token, message and reward; log-probs up to float rounding (batch shapes and
+    thread counts differ between a worker and the local process)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x.seed, x.task_id, x.reward, x.reason) == (y.seed, y.task_id, y.reward, y.reason)
+        assert x.token_ids == y.token_ids and x.mask == y.mask
+        assert x.messages == y.messages
+        assert x.logprobs == pytest.approx(y.logprobs, abs=2e-3)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    require(importlib.util.find_spec("ray") is not None, "the ray extra (pip install 'espl-gym[ray]')")
+    from espl.agents.distributed import loopback_only
+
+    loopback_only()  # 127.0.0.1 only, no usage-stats traffic
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert ctx.address_info["node_ip_address"] == "127.0.0.1"
+    yield ray
+    ray.shutdown()
+
+
+def test_bad_arguments_are_named():
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+
+    with pytest.raises(ValueError, match="num_workers"):
+        RayRollout(WorkerPolicy.hf("smollm2-135m"), num_workers=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        RayRollout(WorkerPolicy.hf("smollm2-135m"), chunk_size=0)
+    with pytest.raises(ValueError, match="backend"):
+        WorkerPolicy("vllm-typo")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_ray_rollout_equals_local_rollout(ray_cluster, smol_policy):
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+
+    eps = episodes(4)
+    local = rollout(ENV, smol_policy, eps, PARAMS)
+    with RayRollout(WorkerPolicy.from_policy(smol_policy), num_workers=2) as rr:
+        seen = []
+        remote = rr.rollout(ENV, smol_policy, eps, PARAMS, progress=lambda d, n: seen.append((d, n)))
+        assert rr.last.chunks == 2 and rr.last.dead_workers == 0
+        pids = set(rr.last.worker_pids.values())
+    same(remote, local)
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes did the work
+    assert seen[-1] == (4, 4)
+    # a different split (1 episode per task) gives the same trajectories again
+    with RayRollout(WorkerPolicy.from_policy(smol_policy), num_workers=2, chunk_size=1) as rr:
+        same(rr.rollout(ENV, None, eps, PARAMS), local)
+        assert rr.last.chunks == 4
+
+
+@pytest.mark.slow
+def test_lora_weights_are_pushed_to_workers(ray_cluster):
+    import torch
+
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+    from espl.agents.hf import HFPolicy, LoraSettings
+
+    policy = HFPolicy("smollm2-135m", lora=LoraSettings(r=4, alpha=8))
+    eps = episodes(2)
+    before = rollout(ENV, policy, eps, PARAMS)
+    with torch.no_grad():  # "a trainer update": a large random change of the adapter
+        g = torch.Generator().manual_seed(0)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    after = rollout(ENV, policy, eps, PARAMS)
+    assert [t.token_ids for t in after] != [t.token_ids for t in before]  # the update changes the samples
+    with RayRollout(WorkerPolicy.from_policy(policy), num_workers=2) as rr:
+        same(rr.rollout(ENV, policy, eps, PARAMS), after)
+        assert rr.adapter_version == 1
+        assert ray_cluster.get([a.version.remote() for a in rr.actors]) == [1, 1]
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_rollout_is_replaced_and_nothing_counted_twice(ray_cluster, smol_policy):
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+
+    eps = episodes(4)
+    local = rollout(ENV, smol_policy, eps, PARAMS)
+    killed: list[int] = []
+
+    def kill_first(chunk: int, actor) -> None:  # noqa: ANN001
+        if killed:
+            return
+        killed.append(chunk)
+
+        def later() -> None:
+            time.sleep(1.5)  # the worker is generating by now (a chunk takes several seconds here)
+            ray_cluster.kill(actor)
+        threading.Thread(target=later, daemon=True).start()
+
+    with RayRollout(WorkerPolicy.from_policy(smol_policy), num_workers=2, on_dispatch=kill_first) as rr:
+        old = list(rr.actors)
+        out = rr.rollout(ENV, smol_policy, eps, PARAMS)
+        assert rr.last.dead_workers == 1 and rr.last.retried_chunks == 1
+        assert rr.actors[0] is not old[0] or rr.actors[1] is not old[1]  # a replacement was started
+        # the pool is whole again: a second call runs on both workers
+        same(rr.rollout(ENV, smol_policy, eps, PARAMS), local)
+    same(out, local)
+    assert [t.seed for t in out] == [e.seed for e in eps]  # each episode exactly once, in order
+
+
+@pytest.mark.slow
+def test_error_inside_the_rollout_is_raised_not_retried(ray_cluster, smol_policy):
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+    from espl.agents.errors import RolloutError
+
+    with RayRollout(WorkerPolicy.from_policy(smol_policy), num_workers=2) as rr:
+        with pytest.raises(RolloutError, match="NoSuchEnv"):
+            rr.rollout("espl/NoSuchEnv-v0", None, episodes(2), PARAMS)
+        assert rr.last.dead_workers == 0
