@@ -115,7 +115,7 @@ def run_suite(
             for start in range(0, len(missing), chunk_size):
                 chunk = missing[start:start + chunk_size]
                 chunk_params = replace(params, seed=derive_seed(base_seed, entry.env_key, *chunk[0]))
-                episodes = [Episode(seed=seed, system_prompt=agent.system_prompt) for seed, _sample in chunk]
+                episodes = [_episode(Episode, seed, agent) for seed, _sample in chunk]
                 try:
                     trajs = rollout(entry.env_id, policy, episodes, chunk_params, env_kwargs=entry.make_kwargs())
                 except RolloutError as exc:  # keep what finished before the backend failed
@@ -137,6 +137,13 @@ def run_suite(
     if run is not None:
         store.finish_run(run, "complete")
     return summarize(store, suite, agent, run, {k: len(v) for k, v in todo.items()})
+
+
+def _episode(episode_cls: Any, seed: int, agent: AgentSpec) -> Any:
+    if agent.placement == "system":
+        return episode_cls(seed=seed, system_prompt=agent.system_prompt)
+    # the trainer's user-turn rendering (ESPL reference placement); needs rollout's Episode.placement
+    return episode_cls(seed=seed, system_prompt=agent.system_prompt, placement=agent.placement)
 
 
 def summarize(store: Store, suite: Suite, agent: AgentSpec, run: RunHandle | None, ran: dict[str, int]) -> SuiteResult:
@@ -171,6 +178,7 @@ def reproducibility_metadata(agent: AgentSpec, suite: Suite, params: SamplingPar
         "model_revision": model_revision(policy),
         "backend": agent.backend,
         "system_prompt": agent.system_prompt,
+        "placement": agent.placement,
         "prompt_hash": agent.prompt_hash,
         "sampling": {k: v for k, v in asdict(params).items()},
         "seed_rule": "chunk seed = sha256(agent seed / env key / first seed / first sample)[:31 bits]; task = env seed",
@@ -250,8 +258,9 @@ def sampling_identity(params: SamplingParams) -> dict[str, Any]:
 
 
 def agent_spec(model: str, params: SamplingParams, *, system_prompt: str | None, backend: str,
-               adapter: str | None = None, adapter_hash: str | None = None, name: str | None = None) -> AgentSpec:
+               placement: str = "system", adapter: str | None = None, adapter_hash: str | None = None,
+               name: str | None = None) -> AgentSpec:
     """The agent that a model, prompt and sampling settings (and adapter) make."""
-    return AgentSpec(model=model, backend=backend, system_prompt=system_prompt, sampling=sampling_identity(params),
-                     adapter=adapter, adapter_hash=adapter_hash, name=name)
+    return AgentSpec(model=model, backend=backend, system_prompt=system_prompt, placement=placement,
+                     sampling=sampling_identity(params), adapter=adapter, adapter_hash=adapter_hash, name=name)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -45,6 +46,7 @@ CREATE TABLE agents (
     backend TEXT NOT NULL,              -- hf | openai | vllm
     model TEXT NOT NULL,
     system_prompt TEXT,                 -- NULL: no system prompt
+    placement TEXT NOT NULL,            -- system: the system message; user: atop the first user message
     prompt_hash TEXT NOT NULL,
     sampling_json TEXT NOT NULL,
     adapter TEXT,                       -- where the adapter was read from (display only)
@@ -118,6 +120,7 @@ class AgentSpec:
     model: str
     backend: str = "hf"
     system_prompt: str | None = None
+    placement: str = "system"  # where the env puts the prompt: "system" message or atop the "user" message
     sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields but the per-episode seed
     adapter: str | None = None
     adapter_hash: str | None = None
@@ -131,7 +134,7 @@ class AgentSpec:
     def content_hash(self) -> str:
         return sha256_json({
             "backend": self.backend, "model": self.model, "system_prompt": self.system_prompt,
-            "sampling": {k: v for k, v in self.sampling.items() if k != "seed"},
+            "placement": self.placement, "sampling": {k: v for k, v in self.sampling.items() if k != "seed"},
             "adapter_hash": self.adapter_hash,
         })
 
@@ -276,7 +279,8 @@ class Store:
         with self._write() as con:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                for statement in SCHEMA.split(";"):
+                # executescript would COMMIT our BEGIN IMMEDIATE first: run the statements one by one
+                for statement in re.sub(r"--[^\n]*", "", SCHEMA).split(";"):
                     if statement.strip():
                         con.execute(statement)
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -287,14 +291,14 @@ class Store:
         """The id of the agent with this content hash, inserting it when new (never a duplicate)."""
         with self._write() as con:
             return self._add_agent(con, spec.content_hash, spec.display_name, spec.backend, spec.model,
-                                   spec.system_prompt, spec.prompt_hash, json.dumps(spec.sampling, sort_keys=True),
+                                   spec.system_prompt, spec.placement, spec.prompt_hash, json.dumps(spec.sampling, sort_keys=True),
                                    spec.adapter, spec.adapter_hash, utc_now())
 
     @staticmethod
     def _add_agent(con: sqlite3.Connection, agent_hash: str, *values: Any) -> int:
         con.execute(
-            "INSERT INTO agents (hash, name, backend, model, system_prompt, prompt_hash, sampling_json, adapter,"
-            " adapter_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(hash) DO NOTHING",
+            "INSERT INTO agents (hash, name, backend, model, system_prompt, placement, prompt_hash, sampling_json,"
+            " adapter, adapter_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(hash) DO NOTHING",
             (agent_hash, *values),
         )
         return con.execute("SELECT id FROM agents WHERE hash = ?", (agent_hash,)).fetchone()[0]
@@ -419,7 +423,8 @@ class Store:
                 for a in data["agents"]:
                     before = con.total_changes
                     agent_ids[a["hash"]] = self._add_agent(
-                        con, a["hash"], a["name"], a["backend"], a["model"], a["system_prompt"], a["prompt_hash"],
+                        con, a["hash"], a["name"], a["backend"], a["model"], a["system_prompt"], a["placement"],
+                        a["prompt_hash"],
                         json.dumps(a["sampling"], sort_keys=True), a.get("adapter"), a.get("adapter_hash"),
                         a["created_at"])
                     added["agents"] += con.total_changes - before

@@ -146,3 +146,128 @@ def suites(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
                          for e in r["envs"])
         table.add_row(r["name"], envs, str(r["episodes"]), r["description"])
     console.print(table)
+
+
+# ---- `espl eval --suite / --from-run` (options of the eval command, which calls this) -------------------------
+def eval_suite_command(
+    *,
+    suite: Optional[str],
+    db: Optional[Path],
+    from_run: Optional[Path],
+    make_policy,  # () -> Policy; called only when something is left to run
+    model: str,
+    backend: str,
+    system_prompt: Optional[str],
+    params,  # SamplingParams
+    episodes: Optional[int] = None,
+    as_json: bool = False,
+    name: Optional[str] = None,
+    chunk_size: Optional[int] = None,
+) -> None:
+    """Evaluate an agent (or a training run's newest and best prompts) on a suite and store the results.
+
+    `--from-run RUN_DIR` without `--suite` runs the run's own env on its test split (`--episodes`, default 32).
+    """
+    from espl.leaderboard.runner import DEFAULT_CHUNK, agent_spec, run_suite
+    from espl.leaderboard.suites import Suite, SuiteEntry, SuiteError, load_suite
+
+    try:
+        chosen = load_suite(suite) if suite else None
+    except SuiteError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+    jobs = []  # (agent spec, policy factory, extra run metadata)
+    if from_run is not None:
+        from espl.leaderboard.from_run import RunDirError, load_policy, read_run
+
+        if backend != "hf":
+            console.print("[red]--from-run: the run's adapter is LoRA weights for the transformers backend; "
+                          "drop --base-url[/red]")
+            raise typer.Exit(1)
+        try:
+            run = read_run(from_run)
+        except (RunDirError, ValueError, KeyError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        if chosen is None:
+            chosen = Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
+                SuiteEntry(run.config.env, episodes=episodes or 32, split="test", env_kwargs=dict(run.config.env_kwargs)),))
+        cached: dict = {}
+
+        def trained_policy():
+            if "policy" not in cached:  # one model load for both prompts
+                cached["policy"] = load_policy(run)
+            return cached["policy"]
+
+        for p in run.prompts:
+            spec = agent_spec(run.config.model, params, system_prompt=p.text, backend="hf",
+                              placement=run.config.placement, adapter=str(run.adapter_path) if run.adapter_path else None,
+                              adapter_hash=run.adapter_hash, name=run.agent_name(p))
+            jobs.append((spec, trained_policy, {"from_run": {"run_dir": str(run.run_dir), "step": run.step,
+                                                             "prompt_id": p.prompt_id, "label": p.label,
+                                                             "mu": p.mu, "sigma": p.sigma}}))
+    else:
+        if chosen is None:
+            raise ValueError("eval_suite_command: needs --suite or --from-run")
+        jobs.append((agent_spec(model, params, system_prompt=system_prompt, backend=backend, name=name), make_policy, {}))
+
+    from espl.envs.registration import get_spec
+
+    try:
+        for entry in chosen.entries:
+            get_spec(entry.env_id)
+    except Exception as exc:  # gymnasium's unregistered-env error, with its close matches
+        console.print(f"[red]suite {chosen.name}: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+    results = []
+    with open_store(db) as store:
+        for spec, factory, extra in jobs:
+            agent_id = store.add_agent(spec)
+            left = sum(len(store.missing_episodes(agent_id, e)) for e in chosen.entries)
+            if not as_json:
+                console.print(f"[bold]{spec.display_name}[/bold] on suite {chosen.name}: {left} of "
+                              f"{chosen.num_episodes} episodes to run (db {store.path})")
+            policy = factory() if left else None
+            results.append(_run_with_progress(store, chosen, spec, policy, params, extra, as_json,
+                                              chunk_size or DEFAULT_CHUNK, run_suite))
+    if as_json:
+        total = sum(e.score.episodes for r in results for e in r.envs)
+        means = [e.score.mean for r in results for e in r.envs]
+        typer.echo(json.dumps({
+            "suite": chosen.name, "env": [e.env_id for e in chosen.entries], "model": jobs[0][0].model,
+            "episodes": total, "mean_reward": sum(means) / len(means) if means else None, "db": str(results[0].db),
+            "agents": [r.to_dict() for r in results],
+        }, indent=2))
+        return
+    for r in results:
+        _print_result(r)
+    console.print(f"stored in {results[0].db}; `espl leaderboard show --db {results[0].db}` ranks every agent")
+
+
+def _run_with_progress(store, suite, spec, policy, params, extra, quiet, chunk_size, run_suite):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if policy is None:  # everything stored already: summarise without loading a model
+        return run_suite(store, suite, spec, None, params, extra_metadata=extra)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=quiet) as bar:
+        task = bar.add_task("episodes", total=None)
+
+        def progress(env_key: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=env_key)
+
+        return run_suite(store, suite, spec, policy, params, chunk_size=chunk_size, progress=progress,
+                         extra_metadata=extra)
+
+
+def _print_result(result) -> None:
+    table = Table(title=f"{result.agent_name} · agent {result.agent_hash[:12]}")
+    for col in ("env", "ran", "stored before", "mean ± 95% CI", "pass@k", "reasons"):
+        table.add_column(col)
+    for e in result.envs:
+        table.add_row(e.env_key, str(e.ran), str(e.skipped), f"{e.score.mean:.3f} ± {e.score.ci95:.3f}",
+                      " ".join(f"@{k} {v:.3f}" for k, v in e.score.pass_at_k.items()),
+                      ", ".join(f"{k} {v}" for k, v in e.reasons.items()))
+    console.print(table)

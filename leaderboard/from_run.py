@@ -1,0 +1,117 @@
+"""`espl eval --from-run RUN_DIR`: the agents a training run produced, ready to evaluate.
+
+A RUN_DIR written by `espl train` holds `config.toml` (model, LoRA settings, prompt placement), the prompt
+pool and a checkpoint (`checkpoint/state.json` with the pool of the same step, `adapter.safetensors` with
+the LoRA weights). Two prompts are evaluated, each with the trained adapter:
+
+- **newest**: the last prompt the run added to its pool;
+- **best**: the highest conservative rating μ − 2σ (the trainer's "exploit" score; ties go to the newer).
+
+When they are the same prompt it is evaluated once. The pool is read from the checkpoint, so prompts and
+adapter weights come from the same step; a run without a checkpoint falls back to `pool.json` and no
+adapter. The adapter's identity is the sha256 of its weights file, so two runs with equal weights and
+prompt are one agent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from espl.leaderboard.runner import file_sha256
+
+Label = Literal["newest", "best"]
+
+
+class RunDirError(ValueError):
+    """RUN_DIR is not a run written by `espl train` (or is incomplete); the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class TrainedPrompt:
+    label: str  # "newest", "best" or "newest+best"
+    prompt_id: int
+    principles: tuple[str, ...]
+    mu: float
+    sigma: float
+    text: str | None  # the rendered prompt the policy sees (None: the empty root prompt)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path
+    config: Any  # espl.trainer.espl.TrainConfig
+    step: int
+    prompts: tuple[TrainedPrompt, ...]
+    adapter_path: Path | None
+    adapter_hash: str | None
+
+    def agent_name(self, prompt: TrainedPrompt) -> str:
+        adapter = " + adapter" if self.adapter_path else ""
+        return f"{self.run_dir.name}@{self.step} {prompt.label} prompt #{prompt.prompt_id}{adapter}"
+
+
+def read_run(run_dir: str | Path) -> TrainedRun:
+    """Config, newest and best prompts, and adapter location of a RUN_DIR (no model is loaded)."""
+    from espl.trainer import checkpoint as ckpt
+    from espl.trainer.espl import TrainConfig
+    from espl.trainer.pool import PromptPool, prompt_text
+
+    run_dir = Path(run_dir).expanduser()
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise RunDirError(f"--from-run {run_dir}: no config.toml; give a RUN_DIR written by `espl train --out`")
+    cfg = TrainConfig.from_sources(config_path)
+
+    state_dir = next((run_dir / n for n in (ckpt.NAME, ckpt.OLD) if (run_dir / n / "state.json").is_file()), None)
+    if state_dir is not None:
+        state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+        pool_data, step = state["pool"], int(state["step"])
+        adapter = state_dir / "adapter.safetensors"
+        adapter_path = adapter if adapter.is_file() else None
+    elif (run_dir / "pool.json").is_file():
+        pool_data, step, adapter_path = json.loads((run_dir / "pool.json").read_text(encoding="utf-8")), -1, None
+    else:
+        raise RunDirError(f"--from-run {run_dir}: neither a checkpoint nor pool.json; has the run done a step yet?")
+    pool = PromptPool.from_dict(pool_data)
+    if not len(pool):
+        raise RunDirError(f"--from-run {run_dir}: the prompt pool is empty")
+    if step < 0:
+        step = max(r.birth_step for r in pool.records)
+
+    newest, best = pool.newest, pool.best("exploit")
+    picks: list[tuple[str, Any]] = [("newest+best", newest)] if newest.id == best.id else [("newest", newest), ("best", best)]
+    prompts = tuple(
+        TrainedPrompt(label=label, prompt_id=r.id, principles=tuple(r.principles), mu=r.mu, sigma=r.sigma,
+                      text=prompt_text(r.principles, cfg.placement))
+        for label, r in picks
+    )
+    return TrainedRun(run_dir=run_dir, config=cfg, step=step, prompts=prompts, adapter_path=adapter_path,
+                      adapter_hash=file_sha256(str(adapter_path)) if adapter_path else None)
+
+
+def load_policy(run: TrainedRun, **policy_kwargs: Any) -> Any:
+    """The run's model with its LoRA adapter weights, as the trainer restores them (HF backend)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from espl.agents.hf import HFPolicy, LoraSettings
+
+    cfg = run.config
+    if run.adapter_path is None:
+        return HFPolicy(model=cfg.model, **policy_kwargs)
+    policy = HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout),
+                      **policy_kwargs)
+    tensors = load_file(str(run.adapter_path))
+    named = dict(policy.model.named_parameters())
+    unknown = sorted(set(tensors) - set(named))
+    if unknown:
+        raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {cfg.model} with LoRA r={cfg.lora_rank} "
+                          f"(unknown parameters, e.g. {unknown[0]})")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            named[name].copy_(value)
+    policy.model.eval()
+    return policy
