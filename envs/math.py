@@ -278,7 +278,7 @@ class MathEnv(AnswerCheckedEnv):
     Task ids: "<task>/<split>/<n>" (train: n is the reset seed; test: the position in that task's list).
     """
 
-    description: ClassVar[str] = "Procedural math (reasoning-gym): products, +/-, gcd, bit counts; Answer:/boxed/last number"
+    description: ClassVar[str] = "Procedural math from reasoning-gym (default: products, +/-, gcd, bit counts)"
 
     def __init__(
         self,
