@@ -1,5 +1,17 @@
-"""Policies (HF transformers, vLLM, OpenAI-compatible), tool-call parsing and the rollout loop."""
+"""Policies (HF transformers, vLLM, OpenAI-compatible), tool-call parsing and the rollout loop.
 
+Importing this package imports no torch/transformers/openai: the backends load them when constructed.
+"""
+
+from espl.agents.errors import GenerationError, RolloutError
+from espl.agents.hf import HFPolicy, LoraSettings
+from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer, resolve_model
 from espl.agents.policy import Policy
+from espl.agents.rollout import Episode, RolloutStats, rollout
+from espl.agents.templating import ChatRenderer, TokenPolicy
 
-__all__ = ["Policy"]
+__all__ = [
+    "DEFAULT_MODEL", "ChatRenderer", "Episode", "GenerationError", "HFPolicy", "LoraSettings", "ModelSpec",
+    "Policy", "RolloutError", "RolloutStats", "TokenPolicy", "load_model", "load_tokenizer", "resolve_model",
+    "rollout",
+]

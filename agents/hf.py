@@ -1,0 +1,414 @@
+"""`HFPolicy`: a transformers model (optionally with a PEFT LoRA adapter) as a trainable `Policy`.
+
+Generation is a small decode loop of our own over the model's forward pass, rather than `model.generate`,
+because a rollout needs four things `generate` does not give together:
+
+- **Shared-prefix KV cache.** Rollouts of one step share their system prompt (often the problem too). The
+  prompts of a batch are grouped by common token prefix; each distinct prefix is encoded once and its KV
+  cache copied to the rows that share it, then only the per-row suffixes are encoded. A cost estimate
+  (tokens encoded, padding included) decides per batch whether grouping pays (`prefix_sharing`).
+- **Sampling-time log-probs** of every sampled token (see `Completion.logprobs` below).
+- **Finished rows leave the batch**: a row that hit end-of-turn is dropped from the KV cache, so the
+  batch never keeps decoding padding for its longest member.
+- **Stop strings** and an exact record of which ids were sampled.
+
+`logprobs[i]` is log softmax(logits / T) at the sampled token: the distribution sampled from, before top-p
+truncation (T = 1 when greedy, i.e. the model's own log-prob). Prompts are left-padded; positions come
+from the attention mask, so padding never shifts a row's positions.
+
+The LoRA adapter (`lora=LoraSettings(...)`) is what the trainer trains through `.model`; the mutator asks
+for the frozen base model with `with policy.adapter_disabled(): ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
+from espl.agents.templating import ChatRenderer
+from espl.types import Completion, Message, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A PEFT LoRA adapter on the policy (E-SPL default rank 32)."""
+
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r: must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
+
+
+@dataclass
+class GenerationStats:
+    """Counters of the last `generate_tokens` call (read by benchmarks and `espl eval`)."""
+
+    prompt_tokens: int = 0
+    encoded_tokens: int = 0  # tokens actually run through the model in prefill (after prefix sharing)
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    shared_prefix: bool = False
+
+
+class HFPolicy:
+    """A transformers chat model as a `Policy` (and `TokenPolicy`), batched, with a shared-prefix KV cache.
+
+    `model` is an alias (`smollm2-135m`, `qwen2.5-coder-0.5b`), a hub id, a local path, or a loaded
+    `PreTrainedModel` (then pass `tokenizer=`).
+    """
+
+    def __init__(
+        self,
+        model: str | ModelSpec | Any = DEFAULT_MODEL,
+        *,
+        tokenizer: Any = None,
+        lora: LoraSettings | None = None,
+        device: str = "cpu",
+        dtype: Any = "auto",
+        max_batch: int = 64,
+        prefix_sharing: bool | None = None,
+        min_shared_prefix: int = 16,
+    ):
+        import torch
+
+        if isinstance(model, (str, ModelSpec)) or model is None:
+            spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+            self.spec: ModelSpec | None = spec
+            base, tok = load_model(spec, dtype=dtype, device=device)
+            self.name = spec.name
+        else:
+            if tokenizer is None:
+                raise ValueError("tokenizer: required when `model` is a loaded model object")
+            base, tok, self.spec = model, tokenizer, None
+            self.name = getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
+        if tokenizer is not None:
+            tok = tokenizer
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        if max_batch < 1:
+            raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+        self.tokenizer = tok
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.prefix_sharing = prefix_sharing  # None: decide per batch by cost; True/False: force
+        self.min_shared_prefix = min_shared_prefix
+        self.lora = lora
+        if lora is not None:
+            from peft import get_peft_model
+
+            self.model = get_peft_model(base, lora.peft_config())
+        else:
+            self.model = base
+        self.renderer = ChatRenderer(tok)
+        self.stop_ids = self._stop_ids()
+        self.last_stats = GenerationStats()
+        self.max_context = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
+
+    # ---- adapter ----------------------------------------------------------------------------------------
+    @property
+    def _lm(self) -> Any:
+        # PEFT injects the LoRA layers into the base model in place: calling it runs the adapter (if enabled)
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def set_adapter_enabled(self, enabled: bool) -> None:
+        """Turn the LoRA adapter on or off (no-op without one)."""
+        if self.lora is None:
+            return
+        if enabled:
+            self.model.enable_adapter_layers()
+        else:
+            self.model.disable_adapter_layers()
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator["HFPolicy"]:
+        """Generate with the frozen base model inside this block (the mutator's view)."""
+        if self.lora is None:
+            yield self
+            return
+        with self.model.disable_adapter():
+            yield self
+
+    # ---- Policy ------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Completion]:
+        rendered = [self.renderer.start(conv, tools) for conv in conversations]
+        return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered])
+
+    def generate_tokens(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        prompt_texts: Sequence[str | None] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
+        """Continue each prompt (token ids). One `Completion` per prompt, in order.
+
+        `seeds`: one sampling seed per prompt. Each row draws its random numbers from its own generator, so a
+        row's tokens depend on its seed alone, not on which other prompts share the batch (what makes
+        rollouts split across workers reproduce a local run). Without `seeds`, row i's seed is derived from
+        `params.seed` and i.
+        """
+        import torch
+
+        if prompt_texts is not None and len(prompt_texts) != len(prompts):
+            raise ValueError("prompt_texts: must have one entry per prompt")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError("seeds: must have one entry per prompt")
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        if seeds is None:
+            base = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
+            seeds = [mix_seed(base, i) for i in range(len(prompts))]
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        out: list[Completion] = []
+        was_training = self._lm.training
+        self._lm.eval()
+        try:
+            for start in range(0, len(prompts), self.max_batch):
+                chunk = [tuple(int(t) for t in p) for p in prompts[start:start + self.max_batch]]
+                out.extend(self._generate_chunk(chunk, params, gens[start:start + self.max_batch], stats))
+        finally:
+            if was_training:
+                self._lm.train()
+        stats.seconds = time.perf_counter() - t0
+        self.last_stats = stats
+        if prompt_texts is not None:
+            out = [Completion(c.message, c.finish_reason, c.prompt_ids, c.token_ids, c.logprobs, txt)
+                   for c, txt in zip(out, prompt_texts)]
+        return out
+
+    # ---- the decode loop ---------------------------------------------------------------------------------
+    def _stop_ids(self) -> frozenset[int]:
+        ids = set()
+        eos = getattr(getattr(self._lm, "generation_config", None), "eos_token_id", None)
+        for x in (eos if isinstance(eos, (list, tuple)) else [eos]):
+            if x is not None:
+                ids.add(int(x))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        if self.renderer.eot_id is not None:
+            ids.add(int(self.renderer.eot_id))
+        return frozenset(ids)
+
+    def _plan_prefixes(self, prompts: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[int], list[int]] | None:
+        """Group prompts by shared prefix: (distinct prefixes, group of each row, prefix length of each row).
+
+        None when sharing would not save work (estimated by tokens encoded, padding included).
+        """
+        if self.prefix_sharing is False or len(prompts) < 2:
+            return None
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        groups: list[list[int]] = []
+        lcp = 0
+        for i in order:
+            if groups:
+                ref = prompts[groups[-1][0]]
+                cand = _common_prefix(ref, prompts[i], lcp if len(groups[-1]) > 1 else min(len(ref), len(prompts[i])))
+                if cand >= self.min_shared_prefix:
+                    groups[-1].append(i)
+                    lcp = cand
+                    continue
+            groups.append([i])
+            lcp = len(prompts[i])
+        prefixes, row_group, row_plen = [], [0] * len(prompts), [0] * len(prompts)
+        for g, members in enumerate(groups):
+            plen = min(len(prompts[m]) for m in members) - 1  # each row keeps >= 1 token to encode
+            if len(members) > 1:
+                plen = min(plen, _common_prefix_all([prompts[m] for m in members]))
+            prefixes.append(prompts[members[0]][:plen])
+            for m in members:
+                row_group[m], row_plen[m] = g, plen
+        plain_cost = len(prompts) * max(len(p) for p in prompts)
+        shared_cost = len(prefixes) * max(len(p) for p in prefixes) + len(prompts) * max(
+            len(p) - pl for p, pl in zip(prompts, row_plen))
+        if self.prefix_sharing is None and shared_cost >= 0.9 * plain_cost:
+            return None
+        return prefixes, row_group, row_plen
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        out = self._lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    def _generate_chunk(self, prompts: list[tuple[int, ...]], params: SamplingParams, gens: list[Any],
+                        stats: GenerationStats) -> list[Completion]:
+        import torch
+        from transformers import DynamicCache
+
+        dev, pad = self.device, int(self.tokenizer.pad_token_id)
+        n = len(prompts)
+        budget = params.max_new_tokens
+        if self.max_context:
+            budget = min(budget, self.max_context - max(len(p) for p in prompts))
+        if budget < 1 or any(len(p) == 0 for p in prompts):
+            if any(len(p) == 0 for p in prompts):
+                raise ValueError("prompts: a prompt has no tokens")
+            return [Completion({"role": "assistant", "content": ""}, "length", p) for p in prompts]
+        stats.prompt_tokens += sum(len(p) for p in prompts)
+
+        cache = DynamicCache(config=self._lm.config)
+        plan = self._plan_prefixes(prompts)
+        with torch.no_grad():
+            if plan is None:
+                suffixes, prefix_mask = prompts, None
+            else:
+                prefixes, row_group, row_plen = plan
+                stats.shared_prefix = True
+                ids, pmask = _left_pad(prefixes, pad, dev)
+                pos = (pmask.cumsum(-1) - 1).clamp(min=0)
+                self._forward(ids, pmask, pos, cache)
+                stats.encoded_tokens += int(pmask.sum())
+                cache.batch_select_indices(torch.tensor(row_group, device=dev))
+                prefix_mask = pmask[torch.tensor(row_group, device=dev)]
+                suffixes = [p[pl:] for p, pl in zip(prompts, row_plen)]
+            ids, smask = _left_pad(suffixes, pad, dev)
+            mask = smask if prefix_mask is None else torch.cat([prefix_mask, smask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+            stats.encoded_tokens += int(smask.sum())
+            logits = self._forward(ids, mask, positions, cache)
+            next_pos = mask.sum(-1)  # the position of each row's next token
+
+            alive = list(range(n))  # row i of the live batch is prompt alive[i]
+            gen_ids: list[list[int]] = [[] for _ in range(n)]
+            gen_lps: list[list[float]] = [[] for _ in range(n)]
+            finish: list[str] = ["length"] * n
+            stop_texts: list[str | None] = [None] * n
+            stop_ids = torch.tensor(sorted(self.stop_ids), device=dev)
+            for step in range(budget):
+                tok, lp = _sample(logits, params, [gens[i] for i in alive])
+                tok_l, lp_l = tok.tolist(), lp.tolist()
+                keep = []
+                for row, (i, t, l) in enumerate(zip(alive, tok_l, lp_l)):
+                    gen_ids[i].append(t)
+                    gen_lps[i].append(l)
+                    if t in self.stop_ids:
+                        finish[i] = "stop"
+                        continue
+                    if params.stop:
+                        hit = self._stop_string_hit(gen_ids[i], params.stop)
+                        if hit is not None:
+                            finish[i], stop_texts[i] = "stop", hit
+                            continue
+                    keep.append(row)
+                if not keep or step == budget - 1:
+                    break
+                tok_t = tok.to(dev)
+                if len(keep) < len(alive):
+                    kt = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(kt)
+                    mask, next_pos, tok_t = mask[kt], next_pos[kt], tok_t[kt]
+                    alive = [alive[r] for r in keep]
+                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
+                logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache)
+                next_pos = next_pos + 1
+        del stop_ids
+        stats.generated_tokens += sum(len(g) for g in gen_ids)
+        return [self._completion(p, g, l, f, s) for p, g, l, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
+
+    def _stop_string_hit(self, ids: list[int], stops: Sequence[str]) -> str | None:
+        longest = max(len(s) for s in stops)
+        tail = self.tokenizer.decode(ids[-(longest + 8):], skip_special_tokens=False)
+        for s in stops:
+            if s in tail:
+                return s
+        return None
+
+    def _completion(self, prompt: tuple[int, ...], ids: list[int], lps: list[float], finish: str,
+                    stop_text: str | None) -> Completion:
+        body = ids[:-1] if ids and ids[-1] in self.stop_ids else ids
+        text = self.tokenizer.decode(body, skip_special_tokens=False)
+        if stop_text is not None:
+            text = text[: text.find(stop_text)] if stop_text in text else text
+        return Completion(
+            message={"role": "assistant", "content": text},
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_ids=prompt,
+            token_ids=tuple(ids),
+            logprobs=tuple(lps),
+        )
+
+
+def mix_seed(seed: int, k: int) -> int:
+    """A reproducible seed for stream k of `seed` (rows of a batch, turns of an episode)."""
+    return (int(seed) * 1_000_003 + int(k) + 1) % (2**63 - 1)
+
+
+def _sample(logits: Any, params: SamplingParams, gens: list[Any]) -> tuple[Any, Any]:
+    """Sample one token per row: (token ids, log-prob of each under softmax(logits / T)).
+
+    Inverse-CDF sampling with one uniform per row from that row's own CPU generator: a row's draw does not
+    depend on the other rows (unlike one `multinomial` over the batch), and works on any device.
+    """
+    import torch
+
+    if params.temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        tok = logits.argmax(dim=-1)
+        return tok, logp.gather(-1, tok[:, None])[:, 0]
+    logp = torch.log_softmax(logits / params.temperature, dim=-1)
+    probs = logp.exp()
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens]).to(logits.device)
+    if params.top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        cum = sorted_p.cumsum(dim=-1)
+        drop = (cum - sorted_p) > params.top_p  # keep the smallest set whose mass reaches top_p
+        cum = sorted_p.masked_fill(drop, 0.0).cumsum(dim=-1)
+        pick = torch.searchsorted(cum, (u[:, None] * cum[:, -1:].double()).to(cum.dtype), right=True)
+        tok = idx.gather(-1, pick.clamp(max=idx.shape[-1] - 1))[:, 0]
+    else:
+        cum = probs.cumsum(dim=-1)
+        pick = torch.searchsorted(cum, (u[:, None] * cum[:, -1:].double()).to(cum.dtype), right=True)
+        tok = pick.clamp(max=probs.shape[-1] - 1)[:, 0]
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _common_prefix_all(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = _common_prefix(first, s, n)
+    return n

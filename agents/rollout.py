@@ -1,0 +1,282 @@
+"""The rollout loop: many episodes stepped concurrently, generation batched across all live episodes.
+
+    trajs = rollout("espl/Math-v0", policy, [Episode(seed=i, system_prompt=p) for i in range(32)],
+                    SamplingParams(temperature=0.7, max_new_tokens=256, seed=0))
+
+- One `Trajectory` per `Episode`, in order. Each round, every live episode contributes one prompt and the
+  policy gets them as one batch (`max_batch` caps how many episodes are live at once).
+- Token-exact for trainable backends (`TokenPolicy`, e.g. `HFPolicy`): turn 1's prompt is rendered by the
+  chat template; turn k>1's prompt is turn k-1's prompt ids + its generated ids + the tokens of the env's new
+  messages alone (`ChatRenderer.continuation`), never the conversation re-tokenised from text.
+  `Trajectory.token_ids` is the last prompt + last reply; `mask` is 1 exactly on policy-sampled tokens;
+  `logprobs` their sampling-time log-probs (0.0 elsewhere); `rendered_prompt` the first prompt as the model
+  saw it (with any default system message the template inserts, e.g. Qwen's "You are Qwen...").
+- Other backends (OpenAI-compatible servers) get the conversation as messages; the token fields stay empty.
+- Tools: when the env has `tools` (JSON schemas), they are passed to `policy.generate(tools=...)`. Tool
+  calls that the env parsed out of the reply text (`info["parsed_tool_calls"]`) are attached to the
+  assistant message kept in the trajectory.
+- A reply cut by the token budget (`finish_reason == "length"`) goes to the env as it is, to be scored;
+  the trajectory's `info["truncated_reply"]` counts such replies.
+- Reproducible, per episode: each episode samples from its own seed stream (`Episode.sample_seed`, or by
+  default one derived from `params.seed` and the episode's index), turn k of it from a seed derived from
+  that and k. So an episode's trajectory does not depend on which other episodes share its batch, and
+  splitting the episodes across workers (agents/distributed.py) gives what one local call gives, up to
+  float rounding of batched matmuls. `params.seed=None` samples freshly. (Text backends without per-row
+  seeds get one seed per round.)
+- A backend failure (after the backend's own retries) raises `RolloutError` carrying the trajectories that
+  finished before it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from espl.agents.errors import GenerationError, RolloutError
+from espl.agents.hf import mix_seed
+from espl.agents.policy import Policy
+from espl.agents.templating import TokenPolicy
+from espl.types import Completion, Message, SamplingParams, Trajectory
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode to run: the task seed and the system prompt (None: no system message)."""
+
+    seed: int
+    system_prompt: str | None = None
+    sample_seed: int | None = None  # this episode's sampling stream; None: derived from params.seed and index
+
+
+@dataclass
+class RolloutStats:
+    """Where a rollout's time went (filled when passed to `rollout(stats=...)`)."""
+
+    generate_s: float = 0.0  # inside policy.generate / generate_tokens
+    env_s: float = 0.0  # env reset + step (task generation, parsing, reward)
+    render_s: float = 0.0  # chat-template rendering and tokenisation of prompts
+    total_s: float = 0.0
+    rounds: int = 0
+    generated_tokens: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Live:
+    index: int
+    episode: Episode
+    env: gym.Env
+    history: list[Message]
+    task_id: str
+    tools: list[dict] | None
+    prompt_ids: list[int] = field(default_factory=list)  # the next prompt (token-exact path)
+    ids: list[int] = field(default_factory=list)  # everything so far
+    mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    rendered_prompt: str | None = None
+    reward: float = 0.0
+    turns: int = 0
+    truncated_replies: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+
+EnvSource = str | Callable[[], gym.Env]
+
+
+def _make_env(env: EnvSource, env_kwargs: dict[str, Any]) -> gym.Env:
+    if isinstance(env, str):
+        return gym.make(env, **env_kwargs)
+    if callable(env):
+        return env(**env_kwargs) if env_kwargs else env()
+    raise TypeError(f"env: must be an env id (str) or a factory returning a gymnasium.Env, got {type(env).__name__}")
+
+
+def _env_id(env: EnvSource, instance: gym.Env) -> str:
+    if isinstance(env, str):
+        return env
+    spec = getattr(instance, "spec", None)
+    return spec.id if spec is not None else type(instance.unwrapped).__name__
+
+
+def with_sample_seeds(episodes: Sequence[Episode], params: SamplingParams) -> list[Episode]:
+    """The episodes with `sample_seed` filled in from `params.seed` and their index in this list (kept where
+    set). Splitting the result into chunks keeps each episode's seed: what distributed rollouts rely on."""
+    if params.seed is None:
+        return list(episodes)
+    return [ep if ep.sample_seed is not None else replace(ep, sample_seed=mix_seed(params.seed, i))
+            for i, ep in enumerate(episodes)]
+
+
+def _round_params(params: SamplingParams, round_index: int) -> SamplingParams:
+    if params.seed is None:
+        return params
+    # a distinct, reproducible stream per round (a round's batch differs from the last one's)
+    return replace(params, seed=(params.seed * 1_000_003 + round_index) % (2**63 - 1))
+
+
+def rollout(
+    env: EnvSource,
+    policy: Policy,
+    episodes: Sequence[Episode],
+    params: SamplingParams,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    max_batch: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    stats: RolloutStats | None = None,
+) -> list[Trajectory]:
+    """Run every episode to its end; one Trajectory per episode, in order (see the module docstring)."""
+    episodes = list(episodes)
+    for i, ep in enumerate(episodes):
+        if not isinstance(ep, Episode):
+            raise TypeError(f"episodes[{i}]: must be an Episode(seed, system_prompt), got {type(ep).__name__}")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+    env_kwargs = dict(env_kwargs or {})
+    episodes = with_sample_seeds(episodes, params)
+    if params.seed is None:  # fresh sampling: still one independent stream per episode
+        episodes = [ep if ep.sample_seed is not None else replace(ep, sample_seed=random.getrandbits(62))
+                    for ep in episodes]
+    token_exact = isinstance(policy, TokenPolicy)
+    width = min(len(episodes), max_batch or len(episodes)) or 1
+    st = stats if stats is not None else RolloutStats()
+    t_start = time.perf_counter()
+
+    free_envs: list[gym.Env] = []
+    all_envs: list[gym.Env] = []
+    pending = list(range(len(episodes)))[::-1]  # pop() from the end = in order
+    live: list[_Live] = []
+    done: dict[int, Trajectory] = {}
+    round_index = 0
+    env_id: str | None = None
+    try:
+        while pending or live:
+            # fill the batch with new episodes
+            while pending and len(live) < width:
+                idx = pending.pop()
+                ep = episodes[idx]
+                t0 = time.perf_counter()
+                if free_envs:
+                    e = free_envs.pop()
+                else:
+                    e = _make_env(env, env_kwargs)
+                    all_envs.append(e)
+                env_id = env_id or _env_id(env, e)
+                obs, info = e.reset(seed=ep.seed, options={"system_prompt": ep.system_prompt})
+                tools = getattr(e.unwrapped, "tools", None) or None
+                st.env_s += time.perf_counter() - t0
+                lv = _Live(idx, ep, e, list(obs), str(info.get("task_id", "")), tools)
+                if token_exact:
+                    t0 = time.perf_counter()
+                    r = policy.renderer.start(lv.history, tools)  # type: ignore[attr-defined]
+                    st.render_s += time.perf_counter() - t0
+                    lv.prompt_ids, lv.rendered_prompt = list(r.ids), r.text
+                    lv.ids, lv.mask, lv.logprobs = list(r.ids), [0] * len(r.ids), [0.0] * len(r.ids)
+                live.append(lv)
+
+            # one batched generation for every live episode (grouped by tool set: one call per set)
+            rparams = _round_params(params, round_index)
+            round_index += 1
+            st.rounds += 1
+            st.batch_sizes.append(len(live))
+            completions = _generate(policy, live, rparams, token_exact, st)
+
+            still: list[_Live] = []
+            for lv, comp in zip(live, completions):
+                finished = _advance(lv, comp, policy, token_exact, st)
+                if finished is None:
+                    still.append(lv)
+                    continue
+                done[lv.index] = finished(env_id or "")
+                free_envs.append(lv.env)
+                if progress is not None:
+                    progress(len(done), len(episodes))
+            live = still
+    except GenerationError as exc:
+        raise RolloutError(
+            f"rollout stopped: the policy failed ({exc}); {len(done)} of {len(episodes)} episodes had finished "
+            "and are kept in .trajectories", dict(done), exc) from exc
+    finally:
+        for e in all_envs:
+            e.close()
+        st.total_s += time.perf_counter() - t_start
+    return [done[i] for i in range(len(episodes))]
+
+
+def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_exact: bool,
+              st: RolloutStats) -> list[Completion]:
+    t0 = time.perf_counter()
+    if token_exact:
+        seeds = [mix_seed(lv.episode.sample_seed, lv.turns) for lv in live]  # per episode and turn
+        comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,  # type: ignore[attr-defined]
+                                       [lv.rendered_prompt if lv.turns == 0 else None for lv in live], seeds=seeds)
+    else:
+        # text backends take tools per call: batch the episodes that share a tool set together
+        comps_by_index: dict[int, Completion] = {}
+        groups: dict[str, list[int]] = {}
+        for i, lv in enumerate(live):
+            groups.setdefault(repr(lv.tools), []).append(i)
+        for members in groups.values():
+            tools = live[members[0]].tools
+            got = policy.generate([live[i].history for i in members], params, tools=tools)
+            for i, c in zip(members, got):
+                comps_by_index[i] = c
+        comps = [comps_by_index[i] for i in range(len(live))]
+    st.generate_s += time.perf_counter() - t0
+    st.generated_tokens += sum(len(c.token_ids) for c in comps)
+    return comps
+
+
+def _advance(lv: _Live, comp: Completion, policy: Policy, token_exact: bool,
+             st: RolloutStats) -> Callable[[str], Trajectory] | None:
+    """Step the env with the completion; a builder of the finished Trajectory when the episode ended."""
+    if lv.turns == 0 and not token_exact:
+        lv.rendered_prompt = comp.prompt_text
+    lv.turns += 1
+    lv.finish_reasons.append(comp.finish_reason)
+    if comp.finish_reason == "length":
+        lv.truncated_replies += 1
+    if token_exact:
+        lv.ids.extend(comp.token_ids)
+        lv.mask.extend([1] * len(comp.token_ids))
+        lv.logprobs.extend(comp.logprobs)
+    reply: Message = dict(comp.message)  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    obs, reward, terminated, truncated, info = lv.env.step(reply)
+    st.env_s += time.perf_counter() - t0
+    kept: Message = dict(reply)  # type: ignore[assignment]
+    if info.get("parsed_tool_calls") and not kept.get("tool_calls"):
+        kept["tool_calls"] = list(info["parsed_tool_calls"])
+    lv.history.append(kept)
+    lv.reward += float(reward)
+    if terminated or truncated:
+        final_info = dict(info)
+        final_info["truncated_reply"] = lv.truncated_replies
+        final_info["finish_reasons"] = list(lv.finish_reasons)
+
+        def build(env_id: str) -> Trajectory:
+            return Trajectory(
+                env_id=env_id, task_id=lv.task_id, messages=lv.history, reward=lv.reward,
+                reason=str(info.get("reason", "")), system_prompt=lv.episode.system_prompt, seed=lv.episode.seed,
+                num_turns=lv.turns, terminated=bool(terminated), truncated=bool(truncated),
+                token_ids=lv.ids, logprobs=lv.logprobs, mask=lv.mask, rendered_prompt=lv.rendered_prompt,
+                info=final_info,
+            )
+        return build
+    new_msgs = list(obs)
+    if token_exact:
+        t0 = time.perf_counter()
+        eot = policy.renderer.eot_id  # type: ignore[attr-defined]
+        ended = bool(comp.token_ids) and comp.token_ids[-1] == eot
+        cont = policy.renderer.continuation(lv.history, new_msgs, lv.tools, ended_with_eot=ended)  # type: ignore[attr-defined]
+        st.render_s += time.perf_counter() - t0
+        lv.ids.extend(cont.ids)
+        lv.mask.extend([0] * len(cont.ids))
+        lv.logprobs.extend([0.0] * len(cont.ids))
+        lv.prompt_ids = list(lv.ids)
+    lv.history.extend(new_msgs)
+    return None
