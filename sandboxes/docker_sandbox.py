@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from functools import lru_cache
@@ -163,6 +164,10 @@ def cleanup_all() -> int:
 
 def remove_all(containers: list["Container"]) -> None:
     """Remove containers in parallel (threads; sequentially where threads cannot start, e.g. at shutdown)."""
+    if sys.is_finalizing() or len(containers) <= 1:  # Thread.start() blocks forever during finalization
+        for c in containers:
+            c.remove()
+        return
     threads = []
     for c in containers:
         t = threading.Thread(target=c.remove, daemon=True)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -254,7 +255,7 @@ class SandboxPool:
             self._count -= len(idle)
             self._cond.notify_all()
         try:
-            self._background.shutdown(wait=True)
+            self._background.shutdown(wait=not sys.is_finalizing())
         except RuntimeError:  # at interpreter shutdown
             pass
         remove_all(idle)

@@ -469,6 +469,14 @@ def test_sigterm_owner_removes_its_containers(docker_ready):
     assert _owned_by(proc.pid) == []  # removed by the owner itself, no reaper needed
 
 
+def test_sigint_owner_removes_its_containers(docker_ready):
+    proc = _start_owner()
+    assert len(_owned_by(proc.pid)) == 1
+    proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: context managers and atexit clean up
+    assert proc.wait(timeout=30) != 0
+    assert _owned_by(proc.pid) == []
+
+
 def test_killed_owner_container_ends_by_itself(docker_ready):
     """Without the reaper: the attach stream closes, the server stops the program and exits, Docker removes it."""
     proc = _start_owner()

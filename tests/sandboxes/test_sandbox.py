@@ -183,7 +183,8 @@ def test_cli_run_bad_inputs(docker_ready, tmp_path):
         assert out.returncode == 2 and match in out.stderr, out.stderr
 
 
-def test_cli_run_sigterm_removes_the_container(docker_ready, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_run_signal_removes_the_container(docker_ready, tmp_path, sig):
     from espl.sandboxes.reaper import list_sandbox_containers
 
     prog = tmp_path / "sleep.py"
@@ -196,9 +197,10 @@ def test_cli_run_sigterm_removes_the_container(docker_ready, tmp_path):
         time.sleep(0.1)
     assert [c for c in list_sandbox_containers() if c.owner_pid == proc.pid], "the container never started"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=30)
     assert [c for c in list_sandbox_containers() if c.owner_pid == proc.pid] == []
+    assert rc == (130 if sig == signal.SIGINT else -signal.SIGTERM)
 
 
 def test_cli_doctor_and_reap(docker_ready):
