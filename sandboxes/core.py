@@ -25,6 +25,7 @@ OWNER_PID_LABEL = "espl.sandbox.owner_pid"
 OWNER_HOST_LABEL = "espl.sandbox.owner_host"
 OWNER_START_LABEL = "espl.sandbox.owner_start"  # the owner's start time: a reused pid is not mistaken for it
 MAIN_FILE = "main.py"
+MAX_REQUEST_BYTES = 32 << 20  # files + stdin of one run, base64-encoded
 
 
 class SandboxError(RuntimeError):
@@ -213,6 +214,11 @@ def build_request(
     for k, v in env.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\0" in k + v:
             raise ValueError(f"env: {k!r}={v!r} is not a valid environment variable (str name without '=', str value)")
+    size = sum(len(v) for v in encoded.values()) + (len(stdin) * 4 // 3 if stdin is not None else 0)
+    if size > MAX_REQUEST_BYTES:  # the server (PID 1) holds the request in the container's memory
+        raise ValueError(f"files + stdin: {size / 2**20:.0f} MiB after encoding, more than the "
+                         f"{MAX_REQUEST_BYTES >> 20} MiB a run takes; pass less data (or raise memory_mb and "
+                         "write it in several runs of one lease)")
     return {
         "argv": list(argv),
         "files": encoded,

@@ -50,6 +50,7 @@ def test_non_utf8_code_is_refused_with_the_fix():
     (dict(code="x", files={"/abs": "x"}), "relative path"),
     (dict(code="x", files={"main.py": "x"}), "main.py"),
     (dict(code="x", env={"A=B": "1"}), "env"),
+    (dict(code="x", stdin=b"x" * (30 << 20)), "more than the 32 MiB"),
 ])
 def test_bad_run_arguments(kw, match):
     args = dict(code=None, argv=None, files=None, stdin=None, timeout_s=None, env=None) | kw
