@@ -9,9 +9,9 @@
 - Episodes go to the policy in chunks of `chunk_size` (one batched `rollout` call each) and each chunk is
   committed when it returns: an interruption loses at most the chunk in flight. Larger chunks batch
   generation better; smaller ones lose less.
-- Sampling seeds: chunk c of an env gets `params.seed` derived from (the agent's seed, env key, the chunk's
-  first episode), so an uninterrupted eval is reproducible; a resumed one draws its remaining episodes from
-  other chunk boundaries, statistically the same but not bit-identical.
+- Sampling seeds: episode (seed, sample) of an env samples from its own stream, `Episode.sample_seed` =
+  hash(`params.seed`, env key, seed, sample), so it draws the same tokens whichever chunk it lands in (a
+  resumed eval samples what an uninterrupted one would, up to float differences of batch composition).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -114,10 +114,12 @@ def run_suite(
             missing = todo[entry.env_key]
             for start in range(0, len(missing), chunk_size):
                 chunk = missing[start:start + chunk_size]
-                chunk_params = replace(params, seed=derive_seed(base_seed, entry.env_key, *chunk[0]))
-                episodes = [_episode(Episode, seed, agent) for seed, _sample in chunk]
+                episodes = [Episode(seed=seed, system_prompt=agent.system_prompt,
+                                    sample_seed=derive_seed(base_seed, entry.env_key, seed, sample))
+                            for seed, sample in chunk]
                 try:
-                    trajs = rollout(entry.env_id, policy, episodes, chunk_params, env_kwargs=entry.make_kwargs())
+                    trajs = rollout(_env_source(entry.env_id, agent.placement), policy, episodes, params,
+                                    env_kwargs=entry.make_kwargs())
                 except RolloutError as exc:  # keep what finished before the backend failed
                     finished = [(i, t) for i, t in sorted(exc.trajectories.items())]
                     store.add_episodes(run, [EpisodeRecord.from_trajectory(t, entry, *chunk[i]) for i, t in finished])
@@ -139,11 +141,20 @@ def run_suite(
     return summarize(store, suite, agent, run, {k: len(v) for k, v in todo.items()})
 
 
-def _episode(episode_cls: Any, seed: int, agent: AgentSpec) -> Any:
-    if agent.placement == "system":
-        return episode_cls(seed=seed, system_prompt=agent.system_prompt)
-    # the trainer's user-turn rendering (ESPL reference placement); needs rollout's Episode.placement
-    return episode_cls(seed=seed, system_prompt=agent.system_prompt, placement=agent.placement)
+def _env_source(env_id: str, placement: str) -> Any:
+    """The env id, or for placement "user" (the E-SPL reference's: the prompt atop the first user message, as
+    a run trained that way saw it) a factory of the env with that reset option added."""
+    if placement == "system":
+        return env_id
+    if placement != "user":
+        raise ValueError(f"placement: must be 'system' or 'user', got {placement!r}")
+    import gymnasium as gym
+
+    class PromptInUserTurn(gym.Wrapper):
+        def reset(self, *, seed=None, options=None):
+            return self.env.reset(seed=seed, options={**(options or {}), "system_prompt_placement": "user"})
+
+    return lambda **kwargs: PromptInUserTurn(gym.make(env_id, **kwargs))
 
 
 def summarize(store: Store, suite: Suite, agent: AgentSpec, run: RunHandle | None, ran: dict[str, int]) -> SuiteResult:
@@ -181,7 +192,7 @@ def reproducibility_metadata(agent: AgentSpec, suite: Suite, params: SamplingPar
         "placement": agent.placement,
         "prompt_hash": agent.prompt_hash,
         "sampling": {k: v for k, v in asdict(params).items()},
-        "seed_rule": "chunk seed = sha256(agent seed / env key / first seed / first sample)[:31 bits]; task = env seed",
+        "seed_rule": "task = env seed; Episode.sample_seed = sha256(params.seed/env key/seed/sample)[:31 bits]",
         "suite": {"name": suite.name, "source": suite.source, "hash": suite.content_hash,
                   "entries": [{"id": e.env_id, "episodes": e.episodes, "seed": e.seed, "split": e.split,
                                "samples": e.samples, "kwargs": e.env_kwargs} for e in suite.entries]},
