@@ -65,6 +65,7 @@ class Lease:
         try:
             result = container.request(req)
         except (ResetFailed, ContainerGone):  # never reuse it; a fresh container needs no reset
+            self._container = None  # if the swap fails, its slot is already given back
             container = self._container = self._pool._swap(container)
             req["reset"] = False
             result = container.request(req)
