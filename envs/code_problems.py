@@ -59,6 +59,7 @@ def _holds_assert(stmt: ast.stmt) -> bool:
     return any(not isinstance(a.test, ast.Constant) for a in asserts)
 
 
+@lru_cache(maxsize=4096)  # a task is rebuilt at every reset; parsing HumanEval's tests each time is waste
 def instrument_tests(test_source: str) -> InstrumentedTests:
     """Wrap each top-level test statement of `check` in begin/try/finish calls (see code_harness.py)."""
     tree = ast.parse(test_source)
