@@ -121,6 +121,7 @@ class HFPolicy:
         self.renderer = ChatRenderer(tok)
         self.stop_ids = self._stop_ids()
         self.last_stats = GenerationStats()
+        self.tokens_generated = 0  # cumulative, across calls
         self.max_context = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
 
     # ---- adapter ----------------------------------------------------------------------------------------
@@ -195,6 +196,7 @@ class HFPolicy:
                 self._lm.train()
         stats.seconds = time.perf_counter() - t0
         self.last_stats = stats
+        self.tokens_generated += stats.generated_tokens
         if prompt_texts is not None:
             out = [Completion(c.message, c.finish_reason, c.prompt_ids, c.token_ids, c.logprobs, txt)
                    for c, txt in zip(out, prompt_texts)]

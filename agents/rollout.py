@@ -210,6 +210,7 @@ def rollout(
 def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_exact: bool,
               st: RolloutStats) -> list[Completion]:
     t0 = time.perf_counter()
+    before = getattr(policy, "tokens_generated", 0)
     if token_exact:
         seeds = [mix_seed(lv.episode.sample_seed, lv.turns) for lv in live]  # per episode and turn
         comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,  # type: ignore[attr-defined]
@@ -227,7 +228,10 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
                 comps_by_index[i] = c
         comps = [comps_by_index[i] for i in range(len(live))]
     st.generate_s += time.perf_counter() - t0
-    st.generated_tokens += sum(len(c.token_ids) for c in comps)
+    if token_exact:
+        st.generated_tokens += sum(len(c.token_ids) for c in comps)
+    else:  # servers report token counts, not ids
+        st.generated_tokens += getattr(policy, "tokens_generated", 0) - before
     return comps
 
 

