@@ -216,3 +216,16 @@ def test_cli_doctor_without_daemon_says_the_fix(tmp_path):
     env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/none.sock")
     out = subprocess.run(ESPL + ["sandbox", "doctor"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 1 and "dockerd" in out.stdout
+
+
+def test_offline_build_needs_root_and_debootstrap(monkeypatch):
+    from espl.sandboxes import image
+    from espl.sandboxes.core import SandboxError
+
+    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
+    with pytest.raises(SandboxError, match=r"needs root: run `sudo espl sandbox build`"):
+        image._debootstrap_import(None, "t:1", "bookworm", "http://deb.debian.org/debian", print)
+    monkeypatch.setattr(image.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(image.shutil, "which", lambda name: None)
+    with pytest.raises(SandboxError, match=r"apt-get install debootstrap"):
+        image._debootstrap_import(None, "t:1", "bookworm", "http://deb.debian.org/debian", print)
