@@ -5,7 +5,8 @@
 Warm: `SandboxPool.run("print(1)")` on started containers (lease, reset, run, return). Cold: a fresh
 container per call, started and removed like `docker run --rm` (same image, same hardening flags, through
 the docker SDK). The two are interleaved round by round (1 cold, 3 warm) so load from other processes
-hits both alike. Also shown: `DockerSandbox.run` (our cold path: create, attach, start, run, remove).
+hits both alike. Also shown: `DockerSandbox.run` (our cold path: create, attach, start, run, remove) and
+`docker exec` into a warm container (the design the pool does not use: its per-call daemon/runc cost).
 Throughput: 8 threads calling `pool.run` on a pool of 8 until `--calls` calls are done; an error is an
 exception or a result that is not exit 0 with the right output.
 Last line: `sandbox warm/cold p50 ratio: R (warm P50W ms, cold P50C ms, 8-way N calls/s, errors E)`.
@@ -41,6 +42,14 @@ def docker_run_rm(client, config: SandboxConfig) -> None:
     assert out == b"1\n", out
 
 
+def exec_container(client, config: SandboxConfig):
+    """For comparison only: a long-lived container driven by `docker exec` per call (what the pool avoids)."""
+    return client.containers.run(
+        config.image, ["python3", "-c", "import time; time.sleep(10**6)"], detach=True, network_mode="none",
+        read_only=True, user=config.user, cap_drop=["ALL"], labels=owner_labels(config), auto_remove=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds of 1 cold + 3 warm calls")
@@ -48,9 +57,10 @@ def main() -> None:
     args = ap.parse_args()
     config = SandboxConfig()
     client = connect()
-    warm, cold, ours, inside = [], [], [], []
+    warm, cold, ours, inside, execs = [], [], [], [], []
     with SandboxPool(size=8, config=config) as pool, DockerSandbox(config) as sandbox:
         pool.warm()
+        exec_box = exec_container(client, config)
         for _ in range(3):  # first calls pay imports and connection set-up
             pool.run("print(1)")
         docker_run_rm(client, config)
@@ -68,6 +78,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 sandbox.run("print(1)")
                 ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert exec_box.exec_run(["python3", "-c", "print(1)"]).output == b"1\n"
+            execs.append(time.perf_counter() - t0)
+        exec_box.remove(force=True)
 
         errors, done = 0, 0
         lock = threading.Lock()
@@ -102,6 +116,8 @@ def main() -> None:
     print(f"warm pool run      p50 {statistics.median(warm) * ms:7.1f} ms  p95 {pct(warm, 0.95) * ms:7.1f} ms  (n={len(warm)})")
     print(f"  of which the program itself (python3 start-up) p50 {statistics.median(inside) * ms:.1f} ms: "
           f"sandbox overhead {(statistics.median(warm) - statistics.median(inside)) * ms:.1f} ms")
+    print(f"docker exec        p50 {statistics.median(execs) * ms:7.1f} ms  p95 {pct(execs, 0.95) * ms:7.1f} ms  (n={len(execs)}, "
+          "warm container, one exec per call: for comparison)")
     print(f"docker run --rm    p50 {statistics.median(cold) * ms:7.1f} ms  p95 {pct(cold, 0.95) * ms:7.1f} ms  (n={len(cold)})")
     print(f"DockerSandbox.run  p50 {statistics.median(ours) * ms:7.1f} ms  p95 {pct(ours, 0.95) * ms:7.1f} ms  (n={len(ours)}, "
           "fresh container per call)")
