@@ -234,9 +234,9 @@ def run(req):
                 truncated = True
             if room > 0:
                 buf += chunk[:room]
-    if timed_out:
+    if timed_out:  # the program itself by pid: it may have left its process group; the rest die just below
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
         except OSError:
             pass
     code = proc.wait()

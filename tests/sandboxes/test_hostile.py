@@ -138,6 +138,27 @@ def test_closing_its_pipes_does_not_escape_the_timeout(pool):
     assert r.timed_out and time.monotonic() - t0 < 5  # the server's timer, not the host's grace
 
 
+def test_leaving_its_process_group_does_not_escape_the_timeout(pool):
+    t0 = time.monotonic()
+    r = pool.run(textwrap.dedent("""
+        import os, time
+        child = os.fork()
+        if child == 0:
+            os.setpgid(0, 0)
+            time.sleep(100)
+        time.sleep(0.2)
+        try:
+            os.setpgid(0, child)  # join the child's group, leaving the one the server would kill
+            print("left its group", flush=True)
+        except PermissionError:  # it leads its own session, so it cannot
+            print("stuck in its group", flush=True)
+        while True:
+            pass
+    """), timeout_s=1)
+    assert r.timed_out and r.exit_code == 137 and time.monotonic() - t0 < 4  # not the host's 5 s grace
+    assert r.stdout == "stuck in its group\n"
+
+
 def test_kill_minus_one_spares_the_server(pool):
     with pool.lease() as box:
         r = box.run("import os, signal, subprocess\np = subprocess.Popen(['sleep', '100'])\n"
