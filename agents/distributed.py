@@ -146,11 +146,16 @@ class RolloutWorker:
 
         self.policy = factory.build() if isinstance(factory, WorkerPolicy) else factory()
         self.adapter_version = -1
+        self.working = 0  # episodes of the chunk in progress (read by `busy` from Ray's second actor thread)
         if adapter is not None:
             self.load_adapter(adapter)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def busy(self) -> int:
+        """How many episodes this worker is rolling out right now (0: idle)."""
+        return self.working
 
     def version(self) -> int:
         """The version of the last adapter loaded (-1: none)."""
@@ -175,7 +180,11 @@ class RolloutWorker:
     def run(self, env: Any, episodes: list[Episode], params: SamplingParams, env_kwargs: dict[str, Any] | None,
             max_batch: int | None) -> tuple[list[Trajectory], RolloutStats, int]:
         st = RolloutStats()
-        trajs = rollout(env, self.policy, episodes, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
+        self.working = len(episodes)
+        try:
+            trajs = rollout(env, self.policy, episodes, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
+        finally:
+            self.working = 0
         return trajs, st, os.getpid()
 
 
@@ -253,7 +262,9 @@ class RayRollout:
             ray.init(**kw)
             self._owns_ray = True
         self._factory = policy_factory
-        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(RolloutWorker)
+        # max_concurrency=2: `busy`/`pid` answer while `run` works (the driver never sends two runs at once)
+        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+                                     max_concurrency=2)(RolloutWorker)
         self.num_workers = num_workers
         self.chunk_size = chunk_size
         self.max_attempts = max_attempts

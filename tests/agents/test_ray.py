@@ -117,7 +117,9 @@ def test_worker_killed_mid_rollout_is_replaced_and_nothing_counted_twice(ray_clu
         killed.append(chunk)
 
         def later() -> None:
-            time.sleep(1.5)  # the worker is generating by now (a chunk takes several seconds here)
+            deadline = time.monotonic() + 120
+            while not ray_cluster.get(actor.busy.remote()) and time.monotonic() < deadline:
+                time.sleep(0.05)  # wait until the worker is inside its rollout, then kill it there
             ray_cluster.kill(actor)
         threading.Thread(target=later, daemon=True).start()
 
