@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,15 @@ from rich.table import Table
 app = typer.Typer(help="Rank agents evaluated with `espl eval --suite`: table, HTML page, export/import.",
                   no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Print an error (stderr, unwrapped: it names paths and ids) and exit 1."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]{escape(message)}[/red]", highlight=False)
+    raise typer.Exit(1)
 
 DB_HELP = "Leaderboard database (default: the user data dir, or $ESPL_LEADERBOARD_DB)."
 
@@ -23,14 +32,11 @@ def open_store(db: Optional[Path], *, must_exist: bool = False):
 
     path = db if db is not None else default_db_path()
     if must_exist and not path.exists():
-        console.print(f"[red]no leaderboard database at {path}[/red]: run `espl eval --suite smoke --model ...` "
-                      "first, or pass --db PATH")
-        raise typer.Exit(1)
+        fail(f"no leaderboard database at {path}: run `espl eval --suite smoke --model ...` first, or pass --db PATH")
     try:
         return Store(path)
     except StoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        fail(str(exc))
 
 
 def _board(db: Optional[Path], env: Optional[str]) -> dict:
@@ -40,8 +46,7 @@ def _board(db: Optional[Path], env: Optional[str]) -> dict:
         try:
             return board_data(store, env)
         except ValueError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            fail(str(exc))
 
 
 @app.command("show")
@@ -86,8 +91,7 @@ def html(
     try:
         page = write_html(_board(db, env), out)
     except NotADirectoryError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        fail(str(exc))
     typer.echo(f"wrote {page} (open it in a browser; no network needed)")
 
 
@@ -115,14 +119,12 @@ def import_(
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        console.print(f"[red]import {file}: cannot read JSON ({exc})[/red]")
-        raise typer.Exit(1) from None
+        fail(f"import {file}: cannot read JSON ({exc})")
     with open_store(db) as store:
         try:
             added = store.import_data(data)
         except StoreError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            fail(str(exc))
     typer.echo(f"imported into {store.path}: " + ", ".join(f"{v} new {k}" for k, v in added.items()))
 
 
@@ -174,22 +176,18 @@ def eval_suite_command(
     try:
         chosen = load_suite(suite) if suite else None
     except SuiteError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        fail(str(exc))
 
     jobs = []  # (agent spec, policy factory, extra run metadata)
     if from_run is not None:
         from espl.leaderboard.from_run import RunDirError, load_policy, read_run
 
         if backend != "hf":
-            console.print("[red]--from-run: the run's adapter is LoRA weights for the transformers backend; "
-                          "drop --base-url[/red]")
-            raise typer.Exit(1)
+            fail("--from-run: the run's adapter is LoRA weights for the transformers backend; drop --base-url")
         try:
             run = read_run(from_run)
         except (RunDirError, ValueError, KeyError) as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            fail(str(exc))
         if chosen is None:
             chosen = Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
                 SuiteEntry(run.config.env, episodes=episodes or 32, split="test", env_kwargs=dict(run.config.env_kwargs)),))
@@ -218,8 +216,7 @@ def eval_suite_command(
         for entry in chosen.entries:
             get_spec(entry.env_id)
     except Exception as exc:  # gymnasium's unregistered-env error, with its close matches
-        console.print(f"[red]suite {chosen.name}: {exc}[/red]")
-        raise typer.Exit(1) from None
+        fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}")
 
     results = []
     with open_store(db) as store:
