@@ -63,6 +63,34 @@ VOCAB = 151_936
 EOS_ID, PAD_ID = 151_645, 151_643  # <|im_end|>, <|endoftext|>
 
 
+def ensure_espl_importable() -> str:
+    """`import espl` from this checkout when espl-gym is not installed (the GPU machine takes the tree as it
+    is): a finder maps the package layout of pyproject.toml (espl.agents -> agents/, ...)."""
+    try:
+        import espl  # noqa: F401
+
+        return "installed"
+    except ModuleNotFoundError as e:
+        if e.name != "espl":
+            raise
+    import importlib.abc
+    import importlib.util
+
+    layout = {"espl": "espl", "espl.cli": "espl/cli", "espl.envs": "envs", "espl.agents": "agents",
+              "espl.trainer": "trainer", "espl.sandboxes": "sandboxes", "espl.leaderboard": "leaderboard"}
+
+    class TreeFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):  # noqa: ANN001
+            if name not in layout:
+                return None
+            folder = ROOT / layout[name]
+            return importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+
+    sys.meta_path.insert(0, TreeFinder())
+    return "from the source tree"
+
+
 def qwen_config(name: str):
     from transformers import Qwen2Config
 
@@ -265,11 +293,16 @@ def bench_train(rep: Report, clock: Clock, model, mname: str, batches: list[int]
 
 
 def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[int], args, min_left: float) -> None:
-    """Our HFPolicy.generate on chat conversations whose rendered prompts are about prompt_len tokens."""
+    """Our HFPolicy.generate on chat conversations whose rendered prompts are about prompt_len tokens.
+
+    Rows `espl_hfpolicy`: distinct user messages (only the system prompt is shared), no adapter.
+    Row `espl_hfpolicy_group_lora`: one conversation x 8 (a GRPO group, as in the TRL comparison) with a
+    LoRA r16 adapter attached, as during training.
+    """
     try:
         from transformers import AutoTokenizer
 
-        from espl.agents.hf import HFPolicy
+        from espl.agents.hf import HFPolicy, LoraSettings
         from espl.types import SamplingParams
     except Exception as e:  # the machine may lack espl's other dependencies
         rep.skip(f"espl_hfpolicy: espl.agents.hf does not import here ({type(e).__name__}: {e})")
@@ -277,17 +310,25 @@ def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[i
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     tok.padding_side = "left"
     words = tok.decode(random_prompts(1, max(8, args.prompt_len - 30), "cpu", seed=4)[0].tolist())
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
     # HFPolicy stops at end-of-turn; a random model samples one of its 2-3 stop ids with probability
     # ~2e-5 per token, so lengths stay fixed in practice, and tokens/s counts the tokens really generated.
-    policy = HFPolicy(model, tokenizer=tok, device=args.device, max_batch=max(batches))
-    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
-    for bs in batches:
+    cases = [("espl_hfpolicy", bs, False) for bs in batches] + [("espl_hfpolicy_group_lora", 8, True)]
+    policy = None
+    for section, bs, group in cases:
         if clock.left() < min_left:
-            rep.skip(f"espl_hfpolicy {mname} batch {bs}: time budget spent ({clock.left():.0f} s left)")
+            rep.skip(f"{section} {mname} batch {bs}: time budget spent ({clock.left():.0f} s left)")
             continue
-        convs = [[{"role": "system", "content": "You are a careful assistant."},
-                  {"role": "user", "content": f"{i}: {words}"}] for i in range(bs)]
+        if group:
+            convs = [[{"role": "system", "content": "You are a careful assistant."},
+                      {"role": "user", "content": words}]] * bs
+        else:
+            convs = [[{"role": "system", "content": "You are a careful assistant."},
+                      {"role": "user", "content": f"{i}: {words}"}] for i in range(bs)]
         try:
+            if policy is None or group:
+                lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if group else None
+                policy = HFPolicy(model, tokenizer=tok, device=args.device, max_batch=max(batches + [8]), lora=lora)
             with torch.inference_mode():
                 warm_s, _ = timed(lambda: policy.generate(convs, params), args.device)
                 ts, n_tok = [], 0
@@ -296,13 +337,17 @@ def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[i
                     ts.append(t)
                     n_tok = sum(len(c.token_ids) for c in comps)
                     plen = statistics.mean(len(c.prompt_ids) for c in comps)
+            shared = bool(policy.last_stats.shared_prefix)
         except Exception:
-            rep.error(f"espl_hfpolicy {mname} batch {bs}")
+            rep.error(f"{section} {mname} batch {bs}")
             continue
         med = statistics.median(ts)
-        rep.add(section="espl_hfpolicy", model=mname, batch=bs, prompt_len=round(plen, 1),
+        rep.add(section=section, model=mname, batch=bs, prompt_len=round(plen, 1),
                 new_tokens=args.new_tokens, generated_tokens=n_tok, seconds=round(med, 4),
-                tokens_per_s=round(n_tok / med, 1), first_call_s=round(warm_s, 2), reps=[round(t, 4) for t in ts])
+                tokens_per_s=round(n_tok / med, 1), first_call_s=round(warm_s, 2), shared_prefix=shared,
+                lora_r=args.lora_r if group else None, reps=[round(t, 4) for t in ts])
+    if policy is not None and policy.lora is not None:
+        policy.model.unload()  # leave the base model as it was for the next section
 
 
 def bench_trl(rep: Report, clock: Clock, mname: str, args, min_left: float) -> None:
@@ -422,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "random init of the real configuration; lengths fixed with min_new_tokens == max_new_tokens",
         "argv": sys.argv[1:],
     }
+    try:
+        rep.meta["espl"] = ensure_espl_importable()
+    except Exception as e:
+        rep.meta["espl"] = f"not importable: {type(e).__name__}: {e}"
     rep.save()
     clock = Clock(args.budget_s)
     print(f"device {rep.meta['device']} torch {torch.__version__} transformers {transformers.__version__}", flush=True)
@@ -445,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_train(rep, clock, model, mname, train_batches, args, min_left=20)
             free(args.device)
         if not big and "espl_hfpolicy" not in skip:
-            bench_hfpolicy(rep, clock, model, mname, [b for b in batches if b in (8, 32, 4)], args, min_left=40)
+            bench_hfpolicy(rep, clock, model, mname, [b for b in batches if b != 1], args, min_left=40)
         if not big and "trl_grpo" not in skip:
             del model
             free(args.device)
