@@ -240,8 +240,12 @@ class StepMetrics:
 
 
 def build_policy(cfg: TrainConfig) -> Any:
-    """The trainable policy: the HF model with a fresh LoRA adapter (PEFT)."""
+    """The trainable policy: the HF model with a fresh LoRA adapter (PEFT), initialised from the run seed."""
+    import torch
+
     from espl.agents.hf import HFPolicy, LoraSettings
+
+    torch.manual_seed(derive_seed(cfg.seed, "lora-init"))  # LoRA A matrices are random: same seed, same start
 
     return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
 
@@ -269,6 +273,17 @@ def batch_indices(cfg: TrainConfig, step: int) -> list[int]:
     order = list(range(cfg.train_problems))
     random.Random(derive_seed(cfg.seed, "epoch", epoch)).shuffle(order)
     return order[batch * cfg.batch_problems : (batch + 1) * cfg.batch_problems]
+
+
+def _UserPlacement(env_id: str, kwargs: dict) -> Any:
+    """The env with `system_prompt_placement="user"` added to every reset (a Gymnasium wrapper)."""
+    import gymnasium as gym
+
+    class UserPlacement(gym.Wrapper):
+        def reset(self, *, seed=None, options=None):
+            return self.env.reset(seed=seed, options={**(options or {}), "system_prompt_placement": "user"})
+
+    return UserPlacement(gym.make(env_id, **kwargs))
 
 
 # ---- the trainer -------------------------------------------------------------------------------------------
@@ -331,17 +346,21 @@ class Trainer:
             self._tasks_env = gym.make(self.cfg.env, **self.cfg.env_kwargs).unwrapped
         return self._tasks_env
 
-    def _rollout(self, episodes: list, params: SamplingParams) -> list[Trajectory]:
+    def _rollout(self, episodes: list, params: SamplingParams, split: str | None = None) -> list[Trajectory]:
         from espl.agents.rollout import rollout
 
         kwargs = dict(self.cfg.env_kwargs)
-        return rollout(self.cfg.env, self.policy, episodes, params, env_kwargs=kwargs)
+        if split:
+            kwargs["split"] = split
+        env: Any = self.cfg.env
+        if self.cfg.placement == "user":  # the reference's placement: principles at the top of the user turn
+            env = lambda **kw: _UserPlacement(self.cfg.env, kw)  # noqa: E731
+        return rollout(env, self.policy, episodes, params, env_kwargs=kwargs)
 
     def _episode(self, index: int, principles: Sequence[str], seed: int) -> Any:
         from espl.agents.rollout import Episode
 
-        text = prompt_text(principles, self.cfg.placement)
-        return Episode(seed=index, system_prompt=text, placement=self.cfg.placement, sample_seed=seed)
+        return Episode(seed=index, system_prompt=prompt_text(principles, self.cfg.placement), sample_seed=seed)
 
     # -- one step: ESPL_SPEC steps 1-8 --
     def step(self) -> StepMetrics:
@@ -528,10 +547,7 @@ class Trainer:
                                 seed=derive_seed(cfg.seed, "eval", self.step_count))
         episodes = [self._episode(i, principles, derive_seed(cfg.seed, "eval", i, s))
                     for i in range(n_problems) for s in range(samples)]
-        from espl.agents.rollout import rollout
-
-        trajs = rollout(cfg.env, self.policy, episodes, params, env_kwargs={**cfg.env_kwargs, "split": split})
-        return float(np.mean([t.reward for t in trajs]))
+        return float(np.mean([t.reward for t in self._rollout(episodes, params, split)]))
 
     # -- persistence --
     def _log_mutation(self, step: int, best: PromptRecord, mut: MutationResult, cross: tuple | None) -> None:

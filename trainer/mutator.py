@@ -40,6 +40,11 @@ class RolloutGroup:
     def mean_reward(self) -> float:
         return sum(t.reward for t in self.trajectories) / max(len(self.trajectories), 1)
 
+    @property
+    def mixed(self) -> bool:
+        """Some rollouts did better than others: for 0/1 rewards, exactly the reference's 0 < mean < 1."""
+        return len({t.reward for t in self.trajectories}) > 1
+
 
 @dataclass(frozen=True)
 class MutationResult:
@@ -207,7 +212,7 @@ JSON_ONLY_FINISH = "Reply with the JSON list of operations only."
 
 # ---- JSON operations: schemas, extraction, validation -----------------------------------------------------
 
-_PRINCIPLE = {"type": "string", "minLength": 1, "maxLength": 600}
+_PRINCIPLE = {"type": "string", "minLength": 16, "maxLength": 300}  # 32 words fit; bounds constrained decoding
 
 
 def _id_schema(ids: Sequence[str]) -> dict:
@@ -429,9 +434,15 @@ def render_episode(trajectory: Trajectory) -> str:
     return "\n".join(lines)
 
 
+def verdict(trajectory: Trajectory) -> str:
+    """"correct" when the env says so (its reason), else by reward (>= 1 counts as correct)."""
+    if trajectory.reason:
+        return "correct" if trajectory.reason == "correct" else "wrong"
+    return "correct" if trajectory.reward >= 1.0 else "wrong"
+
+
 def grade_text(trajectory: Trajectory) -> str:
-    verdict = "correct" if trajectory.reward >= 1.0 else ("wrong" if trajectory.reward <= 0.0 else "partially correct")
-    return f"This trajectory's answer is **{verdict}** (reward {trajectory.reward:g}, {trajectory.reason})."
+    return f"This trajectory delivers a **{verdict(trajectory)}** answer (reward {trajectory.reward:g}, {trajectory.reason})."
 
 
 class LLMMutator:
@@ -480,7 +491,7 @@ class LLMMutator:
     # -- step 6 --
     def mutate(self, parent: Sequence[str], groups: Sequence[RolloutGroup], seed: int) -> MutationResult:
         s, rejected, calls = self.settings, Counter(), []
-        mixed = [g for g in groups if 0.0 < g.mean_reward < 1.0]  # (a) reference: strictly between 0 and 1
+        mixed = [g for g in groups if g.mixed]  # (a) reference: mean strictly between 0 and 1 (0/1 rewards)
         if not mixed:
             return MutationResult(None, "no_mixed_problems", {}, (), self.constrained)
         # (b) one summary per rollout of a mixed problem
@@ -491,8 +502,7 @@ class LLMMutator:
         )
         per_group: list[list[str]] = [[] for _ in mixed]
         for (gi, t), summary in zip(flat, summaries):
-            verdict = "correct" if t.reward >= 1.0 else "wrong"
-            per_group[gi].append(f"Trajectory {len(per_group[gi]) + 1} (Answer {verdict}):\n{summary}")
+            per_group[gi].append(f"Trajectory {len(per_group[gi]) + 1} (Answer {verdict(t)}):\n{summary}")
         # (c) one critique per problem
         parent_ids = label(parent)
         finish = JSON_ONLY_FINISH if self.constrained else CRITIQUE_FINISH

@@ -75,12 +75,12 @@ def test_pipeline_add_modify_merge_and_renumber():
 
 
 def test_critique_ops_beyond_max_are_dropped_and_bad_ids_counted():
-    ops = [{"operation": "add", "principle": f"Rule {i}."} for i in range(3)]
+    ops = [{"operation": "add", "principle": f"Rule {i}: check the units."} for i in range(3)]
     critique = json.dumps([{"operation": "modify", "modified_from": "G9", "principle": "x"}] + ops)
     m = ScriptedMutator(scripted(critique, "[]"))
     result = m.mutate(("Only rule.",), GROUPS, seed=0)
     # the first two operations are kept (reference: operations[:max_operations]); G9 does not exist
-    assert result.principles == ("Only rule.", "Rule 0.")
+    assert result.principles == ("Only rule.", "Rule 0: check the units.")
     assert result.rejected == {"unknown_id": 1}
 
 
@@ -92,14 +92,14 @@ def test_no_mixed_problem_means_no_mutation():
 
 def test_crossover_add_modify_remove():
     reply = json.dumps([
-        {"operation": "add", "evidence": "B won Q.0", "principle": "Draw a table."},
-        {"operation": "modify", "modified_from": "A.G0", "principle": "Read twice."},
+        {"operation": "add", "evidence": "B won Q.0", "principle": "Draw a table of cases."},
+        {"operation": "modify", "modified_from": "A.G0", "principle": "Read the question twice."},
         {"operation": "remove", "remove_id": "A.G1", "evidence": "misled"},
         {"operation": "modify", "modified_from": "B.G0", "principle": "not allowed: set B"},
     ])
     m = ScriptedMutator(scripted("[]", "[]", crossover=reply))
     result = m.crossover([("Read once.", "Guess."), ("Draw a table first.",)], [["Q a"], ["Q b"]], seed=0)
-    assert result.principles == ("Read twice.", "Draw a table.")
+    assert result.principles == ("Read the question twice.", "Draw a table of cases.")
     assert result.rejected == {"unknown_id": 1}
 
 

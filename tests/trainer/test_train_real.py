@@ -1,0 +1,172 @@
+"""The trainer with the real packaged model (SmolLM2-135M, LoRA): one real step, exact resume, and a
+kill -9 in the middle of a step.
+
+`ParityEnv` is a real env of the contract whose reward (1 when the reply has an even number of characters)
+varies between rollouts of any model, so every step has groups with non-zero advantages. The mutator is
+`ScriptedMutator` (a scripted fake LLM, named so) where a test needs a child every step; the kill test runs
+`espl train` as it ships (real LLM mutator).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+import trueskill
+
+from espl.envs.core import MultiTurnEnv, Outcome, Task
+from espl.trainer.espl import TrainConfig, Trainer, build_policy
+from espl.trainer.mutator import ScriptedMutator
+
+pytestmark = pytest.mark.slow
+
+PARITY_ID = "espl-test/Parity-v0"
+
+
+class ParityEnv(MultiTurnEnv):
+    family = "test"
+    description = "reward 1 when the reply has an even number of characters"
+
+    def make_task(self, index: int) -> Task:
+        return Task(id=f"parity/{index}", prompt=f"Say something about the number {index}.", answer="even")
+
+    def evaluate(self, reply, task, turn) -> Outcome:
+        even = len(reply.get("content", "")) % 2 == 0
+        return Outcome(1.0 if even else 0.0, "correct" if even else "wrong_answer", True)
+
+
+if PARITY_ID not in gym.registry:
+    gym.register(PARITY_ID, entry_point=ParityEnv)
+
+
+def scripted_llm(prompt: str) -> str:
+    """Always proposes one new principle; the revision plan keeps everything."""
+    if "extract generalizable principles" in prompt:
+        n = prompt.count("[G")
+        return json.dumps([{"operation": "add", "principle": f"Principle {n}: keep replies short and even."}])
+    if "final revision plan" in prompt:
+        return "[]"
+    return "1. answered"
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(env=PARITY_ID, batch_problems=2, prompts_per_step=2, rollouts_per_pair=4, max_new_tokens=12,
+                train_problems=16, learning_rate=1e-3, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def lora_params(policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+
+
+def test_one_real_step_updates_lora_grows_pool_and_rates_like_trueskill(tmp_path):
+    cfg = tiny(prompts_per_step=3)
+    policy = build_policy(cfg)
+    trainer = Trainer(cfg, tmp_path / "run", policy=policy, mutator=ScriptedMutator(scripted_llm))
+    # a second prompt in the pool, so the step plays a real match between two distinct prompts
+    trainer.pool.add(["Answer in one short sentence."], 26.0, 7.0, parents=[0], op="mutation", birth_step=-1)
+    before = {r.id: (r.mu, r.sigma) for r in trainer.pool.records}
+    lora_before = lora_params(policy)
+
+    m = trainer.step()
+    trainer.close()
+
+    changed = [n for n, p in lora_params(policy).items() if not torch.equal(p, lora_before[n])]
+    assert m.skip_ratio < 1.0 and m.loss_tokens > 0
+    assert changed, "no LoRA parameter moved"
+    assert m.pool_size == 3 and m.mutation == "ok" and m.child_id == 2
+    # ratings: the same ranking fed directly to the trueskill package
+    ids = [int(i) for i in m.selected.split(";")]
+    slot = [float(s) for s in m.prompt_scores.split(";")]
+    score = {i: sum(s for j, s in zip(ids, slot) if j == i) / ids.count(i) for i in set(ids)}
+    order = sorted(dict.fromkeys(ids), key=lambda i: score[i], reverse=True)
+    ranks = [0]
+    for a, b in zip(order, order[1:]):
+        ranks.append(ranks[-1] + (score[a] - score[b] > cfg.tie_tolerance))
+    env = trueskill.TrueSkill(mu=25, sigma=25 / 3, beta=25 / 6, tau=25 / 300, draw_probability=0.10)
+    expected = env.rate([(env.create_rating(*before[i]),) for i in order], ranks=ranks)
+    for i, (rating,) in zip(order, expected):
+        rec = trainer.pool.get(i)
+        assert (rec.mu, rec.sigma) == (pytest.approx(rating.mu, abs=1e-9), pytest.approx(rating.sigma, abs=1e-9))
+    # the child of the batch's best prompt: its μ, σ' = sqrt(σ² + 1)
+    best = trainer.pool.get(order[0])
+    child = trainer.pool.get(2)
+    assert child.parents == (best.id,) and child.mu == best.mu
+    assert child.sigma == pytest.approx(math.sqrt(best.sigma**2 + 1))
+    # RUN_DIR contents
+    run = tmp_path / "run"
+    for name in ("config.toml", "metrics.csv", "pool.json", "checkpoint/state.json", "checkpoint/adapter.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").iterdir())
+    pool = json.loads((run / "pool.json").read_text())
+    assert {"id", "principles", "mu", "sigma", "parents", "op", "birth_step", "scores"} <= set(pool["prompts"][0])
+
+
+def comparable(trainer: Trainer) -> tuple:
+    rows = [{k: v for k, v in vars(m).items() if k not in m.TIMING} for m in trainer.metrics]
+    return rows, trainer.pool.to_dict()
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = tiny()
+    full = Trainer(cfg, tmp_path / "full", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
+    full.train(4)
+    first = Trainer(cfg, tmp_path / "split", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
+    first.train(2)
+    resumed = Trainer(cfg, tmp_path / "split", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm), resume=True)
+    assert resumed.step_count == 2
+    resumed.train(4)
+    assert comparable(resumed) == comparable(full)
+    a, b = lora_params(full.policy), lora_params(resumed.policy)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+
+
+def _rows(run: Path) -> list[dict]:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_kill_9_during_a_step_then_resume(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "espl", "train", "--steps", "3", "--out", str(run), "--seed", "1",
+            "--set", "batch_problems=2", "--set", "rollouts_per_pair=2", "--set", "max_new_tokens=16",
+            "--set", "mutator_summary_tokens=16", "--set", "mutator_critique_tokens=48",
+            "--set", "mutator_revision_tokens=48"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while len(_rows(run)) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(_rows(run)) >= 1, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+        time.sleep(3)  # well inside step 1
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = _rows(run)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == len(state["metrics"]) >= 1
+    kept = [{k: v for k, v in r.items()} for r in done[: state["step"]]]
+    out = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = _rows(run)
+    assert [int(r["step"]) for r in after] == [0, 1, 2]
+    assert after[: len(kept)] == kept  # nothing before the killed step was lost or changed
+    pool = json.loads((run / "pool.json").read_text())
+    assert pool["prompts"] and all(isinstance(p["principles"], list) for p in pool["prompts"])
