@@ -1,0 +1,149 @@
+"""Step time of E-SPL vs RL only on the same batches, and of our RL step vs TRL's GRPOTrainer + LoRA.
+
+    python benchmarks/espl_step.py                  # E-SPL vs RL, default config, 3 steps each, interleaved
+    python benchmarks/espl_step.py --trl            # + our RL step vs TRL GRPOTrainer on one budget
+    python benchmarks/espl_step.py --steps 4 --set max_new_tokens=64
+
+Part 1 (goal: E-SPL / RL <= 1.15x): three trainers on the same seed (so the same problems each step):
+`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`), and `espl` sequential.
+Their steps are interleaved (rl, espl, espl-seq, rl, ...) so machine load drifts hit all alike; medians
+exclude the first (warm-up) step.
+
+Part 2 (goal: ours / TRL <= 0.6x): the same model (SmolLM2-135M), LoRA r16 alpha32 all-linear, 2 prompts
+x 4 completions, <= 64 new tokens, temperature 0.7, top-p 0.95, lr 1e-4, seed 0, on espl/Math-v0 tasks;
+TRL with and without gradient checkpointing (its default is on). TRL's step = generation + reward +
+loss + backward + optimizer, ours = rollouts + update. Needs `trl` and `datasets`
+(`pip install --no-deps trl` keeps the installed torch; `pip install datasets`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+
+def median_after_warmup(xs: list[float]) -> float:
+    return statistics.median(xs[1:] if len(xs) > 1 else xs)
+
+
+def espl_vs_rl(steps: int, overrides: list[str]) -> None:
+    from espl.trainer.espl import TrainConfig, Trainer
+
+    variants = {
+        "rl": TrainConfig.from_sources(None, overrides, mode="rl"),
+        "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True),
+        "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=False),
+    }
+    trainers = {name: Trainer(cfg, None) for name, cfg in variants.items()}
+    times: dict[str, dict[str, list[float]]] = {n: {"total": [], "rollout": [], "update": [], "mutation": []} for n in trainers}
+    for step in range(steps):
+        for name, tr in trainers.items():
+            m = tr.step()
+            for key in ("total", "rollout", "update", "mutation"):
+                times[name][key].append(getattr(m, f"time_{key}"))
+            print(f"  step {step} {name:18s} total {m.time_total:6.1f}s  rollout {m.time_rollout:6.1f}  update "
+                  f"{m.time_update:6.1f}  mutation {m.time_mutation:6.1f}  ({m.mutation})", flush=True)
+    for tr in trainers.values():
+        tr.close()
+    cfg = variants["rl"]
+    print(f"\nE-SPL vs RL, B={cfg.batch_problems} M={cfg.prompts_per_step} N={cfg.rollouts_per_pair} "
+          f"max_new_tokens={cfg.max_new_tokens}, {steps} steps each (medians after the first):")
+    base = median_after_warmup(times["rl"]["total"])
+    for name, t in times.items():
+        med = {k: median_after_warmup(v) for k, v in t.items()}
+        print(f"  {name:18s} {med['total']:6.1f} s/step  ratio {med['total'] / base:5.2f}x  (rollout {med['rollout']:.1f}"
+              f" / update {med['update']:.1f} / mutation wait {med['mutation']:.1f})")
+
+
+def ours_vs_trl(steps: int) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import gymnasium as gym
+
+    from espl.agents.models import load_model
+    from espl.trainer.espl import TrainConfig, Trainer, batch_indices
+
+    cfg = TrainConfig(mode="rl", batch_problems=2, prompts_per_step=1, rollouts_per_pair=4, max_new_tokens=64,
+                      temperature=0.7, top_p=0.95, lora_rank=16, lora_alpha=32, learning_rate=1e-4, seed=0)
+    env = gym.make(cfg.env).unwrapped
+    # the same prompts in the same order: our batches, flattened
+    indices = [i for s in range(steps) for i in batch_indices(cfg, s)]
+    tasks = [env.make_task(i) for i in indices]
+    rows = [{"prompt": env.task_messages(t), "task_index": i} for t, i in zip(tasks, indices)]
+
+    def reward(completions, task_index, **_):
+        out = []
+        for comp, idx in zip(completions, task_index):
+            text = comp[-1]["content"] if isinstance(comp, list) else comp
+            out.append(float(env.evaluate({"role": "assistant", "content": text}, env.make_task(idx), 1).reward))
+        return out
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
+
+    results: dict[str, float] = {}
+    ours = Trainer(cfg, None)
+    t_ours = []
+    for _ in range(steps):
+        t_ours.append(ours.step().time_total)
+    ours.close()
+    results["ours (rl step)"] = median_after_warmup(t_ours)
+    print(f"  ours: {[round(t, 1) for t in t_ours]}", flush=True)
+
+    for checkpointing in (False, True):
+        model, tok = load_model("smollm2-135m")
+        torch.manual_seed(0)
+        timer = StepTimer()
+        with tempfile.TemporaryDirectory() as out:
+            args = GRPOConfig(
+                output_dir=out, per_device_train_batch_size=8, num_generations=4, max_completion_length=64,
+                temperature=0.7, top_p=0.95, learning_rate=1e-4, max_steps=steps, logging_steps=1, report_to=[],
+                gradient_checkpointing=checkpointing, use_cpu=True, bf16=False, save_strategy="no", seed=0,
+                beta=0.0, shuffle_dataset=False, disable_tqdm=True,
+            )
+            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                                  processing_class=tok, peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                                               lora_dropout=0.0, task_type="CAUSAL_LM"),
+                                  callbacks=[timer])
+            trainer.train()
+        name = f"TRL GRPOTrainer (gradient checkpointing {'on' if checkpointing else 'off'})"
+        results[name] = median_after_warmup(timer.times)
+        print(f"  {name}: {[round(t, 1) for t in timer.times]}", flush=True)
+
+    print(f"\nours vs TRL, SmolLM2-135M LoRA r16, 2 prompts x 4 completions, <= 64 new tokens, {steps} steps (medians after the first):")
+    ref = results["ours (rl step)"]
+    for name, t in results.items():
+        print(f"  {name:48s} {t:6.1f} s/step   ours/this = {ref / t:4.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig key=value for part 1")
+    ap.add_argument("--trl", action="store_true", help="also run part 2 (TRL GRPOTrainer)")
+    ap.add_argument("--only-trl", action="store_true", help="run part 2 only")
+    args = ap.parse_args()
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    if not args.only_trl:
+        espl_vs_rl(args.steps, args.overrides)
+    if args.trl or args.only_trl:
+        ours_vs_trl(args.steps)
+
+
+if __name__ == "__main__":
+    main()
