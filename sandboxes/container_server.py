@@ -13,9 +13,9 @@ Why it is safe to keep it in the same container as the untrusted program:
   nor open /proc/1/fd/* or /proc/1/environ to forge replies or read its state;
 - the program runs in its own session with fresh pipes (no inherited descriptors) and a fresh environment.
 
-Request:  b"<n>\\n" + JSON {argv, files{rel: base64}, stdin: base64|null, env, timeout_s, output_limit,
-          reset, workdir}
-Reply:    b"<n>\\n" + JSON {stdout: base64, stderr: base64, exit_code, timed_out, oom_killed, truncated,
+Request:  b"<n>\\n" + JSON {id, argv, files{rel: base64}, stdin: base64|null, env, timeout_s,
+          output_limit, reset, workdir}
+Reply:    b"<n>\\n" + JSON {id, stdout: base64, stderr: base64, exit_code, timed_out, oom_killed, truncated,
           duration_s, error}
 exit_code follows the shell convention: 128 + N when the program was killed by signal N.
 EOF on stdin (the host went away) ends the server, and with it the container (started with auto-remove).
@@ -269,10 +269,14 @@ def main():
         if not header:
             return  # the host closed the attach stream
         payload = stdin.read(int(header))
+        rid = None
         try:
-            reply = run(json.loads(payload))
+            req = json.loads(payload)
+            rid = req.get("id")
+            reply = run(req)
         except Exception as exc:  # a bad request is reported, the server lives on
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        reply["id"] = rid  # the host drops replies whose id is not the one it sent (see docker_sandbox.py)
         data = json.dumps(reply).encode()
         stdout.write(b"%d\n" % len(data) + data)
         stdout.flush()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -71,12 +72,14 @@ class ExecutionResult:
 class SandboxConfig:
     """Limits and hardening of every container. The defaults are the hardened ones; see docs/sandbox.md.
 
+    image / runtime default to $ESPL_SANDBOX_IMAGE / $ESPL_SANDBOX_RUNTIME when set, so one variable moves
+    every sandbox of a process (code env, python tool, CLI) to, e.g., gVisor.
     runtime: the OCI runtime Docker uses (None = the daemon's default, usually runc; "runsc" = gVisor, which
     also shields the host kernel). docker_host: a daemon URL (None = DOCKER_HOST or the local socket).
     """
 
-    image: str = DEFAULT_IMAGE
-    runtime: str | None = None
+    image: str = field(default_factory=lambda: os.environ.get("ESPL_SANDBOX_IMAGE") or DEFAULT_IMAGE)
+    runtime: str | None = field(default_factory=lambda: os.environ.get("ESPL_SANDBOX_RUNTIME") or None)
     memory_mb: int = 256
     cpus: float = 1.0
     pids_limit: int = 256

@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -250,15 +251,21 @@ class Container:
 
     def request(self, req: dict[str, Any]) -> ExecutionResult:
         """Send one run to the server and wait for its reply (the container is killed past timeout + grace)."""
+        # A fresh id per request: where a runtime lets the program reach PID 1's stdout (gVisor's /proc does not
+        # honour non-dumpable), a forged or stale reply cannot pass for this run's or land in the next lease.
+        req = dict(req, id=secrets.token_hex(8))
         data = json.dumps(req).encode()
         deadline = time.monotonic() + req["timeout_s"] + HOST_GRACE_S
         if self._peer_closed():  # died while idle (removed from outside, daemon restart): not the program's doing
             self.broken = True
             self.remove()
             raise ContainerGone(f"sandbox container {self.id[:12]} ended while idle")
+        if self._stdout:  # bytes nobody asked for: a protocol violation; finish this run, then replace it
+            self._stdout.clear()
+            self.broken = True
         try:
             self._raw.sendall(b"%d\n" % len(data) + data)
-            reply = self._read_reply(deadline)
+            reply = self._read_reply(deadline, req["id"])
         except socket.timeout:
             self.broken = True
             self.remove()
@@ -296,15 +303,25 @@ class Container:
         self._demux()
         return False
 
-    def _read_reply(self, deadline: float) -> dict[str, Any]:
+    def _read_reply(self, deadline: float, rid: str) -> dict[str, Any]:
         while True:
             nl = self._stdout.find(b"\n")
             if nl >= 0:
-                size = int(self._stdout[:nl])
+                try:
+                    size = int(self._stdout[:nl])
+                except ValueError:  # not our framing: someone else wrote here; resync is impossible
+                    raise EOFError("garbled reply stream") from None
                 if len(self._stdout) >= nl + 1 + size:
                     payload = bytes(self._stdout[nl + 1: nl + 1 + size])
                     del self._stdout[: nl + 1 + size]
-                    return json.loads(payload)
+                    try:
+                        reply = json.loads(payload)
+                    except ValueError:
+                        reply = {}
+                    if isinstance(reply, dict) and reply.get("id") == rid:
+                        return reply
+                    self.broken = True  # a reply we did not ask for: skip it, and retire the container after
+                    continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout("deadline")

@@ -19,7 +19,7 @@ class Check:
 
 # Runs inside the sandbox: what the hardening should look like from within
 PROBE = r"""
-import json, os, socket
+import ctypes, json, os, socket
 status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
 def writable(path):
     try:
@@ -35,7 +35,9 @@ try:
 except OSError:
     net = False
 print(json.dumps({
-    "uid": os.getuid(), "cap_eff": status["CapEff"].strip(), "no_new_privs": status.get("NoNewPrivs", "").strip(),
+    "uid": os.getuid(), "cap_eff": status["CapEff"].strip(),
+    # prctl(PR_GET_NO_NEW_PRIVS), not /proc/self/status: gVisor's /proc has no NoNewPrivs line
+    "no_new_privs": str(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0)),
     "root_writable": writable("/"), "work_writable": writable(os.getcwd()), "tmp_writable": writable("/tmp"),
     "interfaces": sorted(os.listdir("/sys/class/net")), "network": net,
 }))

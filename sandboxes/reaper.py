@@ -9,6 +9,7 @@ alone unless `all_owners=True`.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 
 from espl.sandboxes.core import LABEL, OWNER_HOST_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL
@@ -66,4 +67,12 @@ def reap(docker_host: str | None = None, *, all_owners: bool = False) -> list[st
                 if "in progress" not in str(exc):
                     raise
                 removed.append(c.id)
+    # a container that was already ending by itself (auto-remove in progress) may still be listed for a
+    # moment; wait, so that "reaped" means gone
+    deadline = time.monotonic() + 15
+    pending = set(removed)
+    while pending and time.monotonic() < deadline:
+        pending = {cid for cid in pending if client.api.containers(all=True, filters={"id": cid})}
+        if pending:
+            time.sleep(0.1)
     return removed

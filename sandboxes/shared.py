@@ -11,7 +11,7 @@ import atexit
 import os
 import threading
 
-from espl.sandboxes.core import DEFAULT_IMAGE, SandboxConfig
+from espl.sandboxes.core import SandboxConfig
 from espl.sandboxes.pool import SandboxPool
 
 _POOL: SandboxPool | None = None
@@ -20,8 +20,7 @@ DEFAULT_POOL_SIZE = 4
 
 
 def shared_config() -> SandboxConfig:
-    return SandboxConfig(image=os.environ.get("ESPL_SANDBOX_IMAGE") or DEFAULT_IMAGE,
-                         runtime=os.environ.get("ESPL_SANDBOX_RUNTIME") or None)
+    return SandboxConfig()  # image and runtime follow ESPL_SANDBOX_IMAGE / ESPL_SANDBOX_RUNTIME
 
 
 def pool_size() -> int:

@@ -14,6 +14,11 @@ app = typer.Typer(help="Build, check and use the Docker sandboxes that run model
 console = Console(stderr=True)
 
 
+def _chosen(**options: Optional[str]) -> dict:
+    """The options given on the command line; the others keep SandboxConfig's (environment-aware) defaults."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
@@ -45,8 +50,8 @@ def build(
 
 @app.command("doctor")
 def doctor(
-    image: str = typer.Option("espl-sandbox:latest", "--image", help="Image to check."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="OCI runtime to check (e.g. runsc)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image to check [default: $ESPL_SANDBOX_IMAGE or espl-sandbox:latest]."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="OCI runtime to check (e.g. runsc) [default: $ESPL_SANDBOX_RUNTIME or the daemon's]."),
 ) -> None:
     """Check the daemon, limits support, runtime, image and hardening; print the fix for each problem."""
     from rich.table import Table
@@ -54,7 +59,7 @@ def doctor(
     from espl.sandboxes.core import SandboxConfig
     from espl.sandboxes.doctor import run_checks
 
-    checks = run_checks(SandboxConfig(image=image, runtime=runtime))
+    checks = run_checks(SandboxConfig(**_chosen(image=image, runtime=runtime)))
     table = Table(title="espl sandbox doctor")
     for col in ("check", "status", "detail", "fix"):
         table.add_column(col, overflow="fold")
@@ -73,8 +78,8 @@ def run(
     file: Path = typer.Argument(..., help="A Python file to run once in a fresh sandbox."),
     timeout: float = typer.Option(10.0, "--timeout", help="Wall-clock limit in seconds."),
     memory_mb: int = typer.Option(256, "--memory-mb", help="Memory limit in MiB."),
-    image: str = typer.Option("espl-sandbox:latest", "--image", help="Sandbox image."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="OCI runtime (e.g. runsc)."),
+    image: Optional[str] = typer.Option(None, "--image", help="Sandbox image [default: $ESPL_SANDBOX_IMAGE or espl-sandbox:latest]."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="OCI runtime (e.g. runsc) [default: $ESPL_SANDBOX_RUNTIME or the daemon's]."),
     stdin_file: Optional[Path] = typer.Option(None, "--stdin", help="A file fed to the program's stdin."),
     as_json: bool = typer.Option(False, "--json", help="Print the ExecutionResult as one JSON object."),
 ) -> None:
@@ -92,7 +97,7 @@ def run(
               f"`iconv -f latin1 -t utf-8 {file} > fixed.py`")
     stdin = stdin_file.read_bytes() if stdin_file else None
     try:
-        config = SandboxConfig(image=image, runtime=runtime, memory_mb=memory_mb, timeout_s=timeout)
+        config = SandboxConfig(memory_mb=memory_mb, timeout_s=timeout, **_chosen(image=image, runtime=runtime))
         with DockerSandbox(config) as sb:
             result = sb.run(code, stdin=stdin)
     except (ValueError, SandboxError) as exc:
