@@ -4,14 +4,16 @@ Importing this package imports no torch/transformers/openai: the backends load t
 """
 
 from espl.agents.errors import GenerationError, RolloutError
+from espl.agents.evaluate import EvalResult, evaluate
 from espl.agents.hf import HFPolicy, LoraSettings
+from espl.agents.openai_policy import OpenAIPolicy
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, load_tokenizer, resolve_model
 from espl.agents.policy import Policy
 from espl.agents.rollout import Episode, RolloutStats, rollout
 from espl.agents.templating import ChatRenderer, TokenPolicy
 
 __all__ = [
-    "DEFAULT_MODEL", "ChatRenderer", "Episode", "GenerationError", "HFPolicy", "LoraSettings", "ModelSpec",
+    "DEFAULT_MODEL", "ChatRenderer", "Episode", "EvalResult", "OpenAIPolicy", "evaluate", "GenerationError", "HFPolicy", "LoraSettings", "ModelSpec",
     "Policy", "RolloutError", "RolloutStats", "TokenPolicy", "load_model", "load_tokenizer", "resolve_model",
     "rollout",
 ]

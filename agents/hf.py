@@ -251,8 +251,14 @@ class HFPolicy:
         return prefixes, row_group, row_plen
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        out = self._lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True, logits_to_keep=1)
+        # transformers renamed `past_key_values` to `cache` (the old name is deprecated); take what it has
+        if not hasattr(self, "_cache_kw"):
+            import inspect
+
+            params = inspect.signature(type(self._lm).forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        out = self._lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1, :].float()
 
     def _generate_chunk(self, prompts: list[tuple[int, ...]], params: SamplingParams, gens: list[Any],

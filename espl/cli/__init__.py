@@ -25,6 +25,7 @@ from espl.cli import train as train_cli  # noqa: E402  (train, prompts, plot)
 app.command("train")(train_cli.train)
 app.command("prompts")(train_cli.prompts)
 app.command("plot")(train_cli.plot)
+app.command("eval")(__import__("espl.cli.eval", fromlist=["eval_command"]).eval_command)
 
 
 def _version(value: bool) -> None:
