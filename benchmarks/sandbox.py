@@ -9,6 +9,7 @@ hits both alike. Also shown: `DockerSandbox.run` (our cold path: create, attach,
 `docker exec` into a warm container (the design the pool does not use: its per-call daemon/runc cost).
 Throughput: 8 threads calling `pool.run` on a pool of 8 until `--calls` calls are done; an error is an
 exception or a result that is not exit 0 with the right output.
+All rows use the same runtime (ESPL_SANDBOX_RUNTIME=runsc measures gVisor).
 Last line: `sandbox warm/cold p50 ratio: R (warm P50W ms, cold P50C ms, 8-way N calls/s, errors E)`.
 Goals (issue 4): R <= 0.25, warm p50 <= 60 ms, zero errors.
 """
@@ -38,6 +39,7 @@ def docker_run_rm(client, config: SandboxConfig) -> None:
         user=config.user, cap_drop=["ALL"], security_opt=["no-new-privileges:true"], pids_limit=config.pids_limit,
         mem_limit=f"{config.memory_mb}m", nano_cpus=int(config.cpus * 1e9), labels=owner_labels(config),
         tmpfs={config.workdir: f"rw,size={config.workdir_size_mb}m,uid={uid},gid={gid}"}, working_dir=config.workdir,
+        runtime=config.runtime,
     )
     assert out == b"1\n", out
 
@@ -47,6 +49,7 @@ def exec_container(client, config: SandboxConfig):
     return client.containers.run(
         config.image, ["python3", "-c", "import time; time.sleep(10**6)"], detach=True, network_mode="none",
         read_only=True, user=config.user, cap_drop=["ALL"], labels=owner_labels(config), auto_remove=True,
+        runtime=config.runtime,
     )
 
 
