@@ -16,6 +16,7 @@ value is in the comment as [ref: ...] and `TrainConfig.paper()` returns the refe
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -275,6 +276,10 @@ def batch_indices(cfg: TrainConfig, step: int) -> list[int]:
     return order[batch * cfg.batch_problems : (batch + 1) * cfg.batch_problems]
 
 
+def _user_placement_env(env_id: str, **kwargs: Any) -> Any:
+    return _UserPlacement(env_id, kwargs)
+
+
 def _UserPlacement(env_id: str, kwargs: dict) -> Any:
     """The env with `system_prompt_placement="user"` added to every reset (a Gymnasium wrapper)."""
     import gymnasium as gym
@@ -305,8 +310,10 @@ class Trainer:
         policy: Any = None,
         mutator: Mutator | None = None,
         resume: bool = False,
+        rollout_fn: Callable[..., list[Trajectory]] | None = None,
     ):
         self.cfg = cfg
+        self.rollout_fn = rollout_fn  # e.g. RayRollout(...).rollout (agents/distributed.py); None: local
         self.run_dir = Path(run_dir) if run_dir else None
         self.policy = policy if policy is not None else build_policy(cfg)
         self.evolving = cfg.mode in ("espl", "evolve")
@@ -354,8 +361,8 @@ class Trainer:
             kwargs["split"] = split
         env: Any = self.cfg.env
         if self.cfg.placement == "user":  # the reference's placement: principles at the top of the user turn
-            env = lambda **kw: _UserPlacement(self.cfg.env, kw)  # noqa: E731
-        return rollout(env, self.policy, episodes, params, env_kwargs=kwargs)
+            env = functools.partial(_user_placement_env, self.cfg.env)  # picklable: Ray workers build it
+        return (self.rollout_fn or rollout)(env, self.policy, episodes, params, env_kwargs=kwargs)
 
     def _episode(self, index: int, principles: Sequence[str], seed: int) -> Any:
         from espl.agents.rollout import Episode
