@@ -7,18 +7,31 @@
 - **pass@k**: the unbiased estimator of Chen et al. 2021 (HumanEval), 1 - C(n-c, k) / C(n, k) per task
   with n samples of which c succeeded, averaged over tasks with n >= k. An episode succeeds when its
   reward reaches `SUCCESS_REWARD` (rewards are normalised to [0, 1]; 1 = solved).
-- **TrueSkill** (as TextArena ranks its models): every task (env config + seed) that two or more agents
-  ran is one free-for-all match, agents ranked by their mean reward on it (over samples); rewards within
-  `TIE_MARGIN` are a draw. Matches are played in a fixed order (env, seed; agents by hash), so the same
-  results always give the same ratings. Per env: matches of that env only; overall: all of them. Agents
-  are ranked by the conservative estimate μ - 3σ (TrueSkill's "exposure"), which rewards both skill and
-  the evidence for it; an agent with no opponent keeps the prior (25 ± 8.3).
+- **TrueSkill** (as TextArena rates its models, from one-on-one games): on every task (env config + seed)
+  that two or more agents ran, each pair of them plays a 1v1 game decided by their mean reward on the task
+  (over samples); rewards within `TIE_MARGIN` are a draw. Tasks are played in sorted order and the pairs of
+  a task in an order fixed by a hash of (task, pair), so the same results always give the same ratings and
+  no agent is systematically first. Per env: that env's tasks only; overall: all of them. Agents are
+  ranked by the conservative estimate μ - 3σ (TrueSkill's "exposure"), which rewards both skill and the
+  evidence for it; an agent with no opponent keeps the prior (25 ± 8.3).
+
+  Two choices differ from the trainer's TrueSkill, both measured (seeded simulations, 5 agents with
+  success rates 0.20-0.40 on 300 pass/fail tasks, 24-48 trials, pairs of agents ranked in the wrong order):
+  - τ = 0: a leaderboard agent is fixed, its skill does not drift between tasks. With the trainer's
+    τ = 25/300 every game adds drift, so late tasks outweigh early ones: 49 misordered pairs vs 17 (τ = 0)
+    and 14 for raw means.
+  - 1v1 games instead of one free-for-all match per task: `trueskill`'s free-for-all chains tied teams in
+    their input order, which biases ties by agent name. With agents named in reverse order of skill, a
+    free-for-all with a realistic draw rate misordered 189 pairs (16-47 with other draw settings);
+    1v1 games gave the same count (17) under either naming.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
+from itertools import combinations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -27,8 +40,8 @@ import trueskill
 SUCCESS_REWARD = 1.0
 TIE_MARGIN = 0.01  # the trainer's tie rule (ESPL_SPEC step 6): scores within 0.01 draw
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
-# The paper's / trainer's TrueSkill constants, so leaderboard and training ratings read the same way.
-TRUESKILL = dict(mu=25.0, sigma=25.0 / 3, beta=25.0 / 6, tau=25.0 / 300, draw_probability=0.10)
+# The paper's / trainer's TrueSkill constants but tau: leaderboard agents are fixed (see the module docstring).
+TRUESKILL = dict(mu=25.0, sigma=25.0 / 3, beta=25.0 / 6, tau=0.0, draw_probability=0.10)
 CONSERVATIVE_SIGMAS = 3
 
 
@@ -167,24 +180,29 @@ def task_matches(episodes: Iterable[EpisodeScore]) -> list[tuple[tuple[str, int]
     ]
 
 
+def pair_order(task: tuple[str, int], pair: tuple[str, str]) -> str:
+    """Sort key of a task's 1v1 games: a hash, so the order is fixed but favours no agent name."""
+    return hashlib.sha256(f"{task[0]}/{task[1]}/{pair[0]}/{pair[1]}".encode()).hexdigest()
+
+
 def trueskill_ratings(episodes: Iterable[EpisodeScore], agents: Iterable[str] = ()) -> dict[str, Rating]:
-    """TrueSkill after playing every shared task as a free-for-all match, in a fixed order."""
+    """TrueSkill after every pair of agents that shares a task played it as a 1v1 game, in a fixed order."""
     env = trueskill.TrueSkill(**TRUESKILL)
     episodes = list(episodes)
     ratings = {a: env.create_rating() for a in sorted(set(agents) | {e.agent for e in episodes})}
     played: dict[str, int] = defaultdict(int)
-    for _task, scores in task_matches(episodes):
-        names = sorted(scores)
-        ranks = rank_by_reward([scores[a] for a in names])
-        groups = [(ratings[a],) for a in names]
-        try:
-            new = env.rate(groups, ranks=ranks)
-        except FloatingPointError:
-            # trueskill's float backend gives up on very lopsided matches; mpmath (a sympy dependency,
-            # installed with math-verify) computes the same update at high precision
-            new = trueskill.TrueSkill(**TRUESKILL, backend="mpmath").rate(groups, ranks=ranks)
-        for a, (r,) in zip(names, new):
-            ratings[a] = r
+    for task, scores in task_matches(episodes):
+        for a, b in sorted(combinations(sorted(scores), 2), key=lambda pair: pair_order(task, pair)):
+            ranks = rank_by_reward([scores[a], scores[b]])
+            groups = [(ratings[a],), (ratings[b],)]
+            try:
+                (ra,), (rb,) = env.rate(groups, ranks=ranks)
+            except FloatingPointError:
+                # trueskill's float backend gives up on very lopsided games; mpmath (a sympy dependency,
+                # installed with math-verify) computes the same update at high precision
+                (ra,), (rb,) = trueskill.TrueSkill(**TRUESKILL, backend="mpmath").rate(groups, ranks=ranks)
+            ratings[a], ratings[b] = ra, rb
+        for a in scores:
             played[a] += 1
     return {a: Rating(mu=float(r.mu), sigma=float(r.sigma), matches=played[a]) for a, r in ratings.items()}
 

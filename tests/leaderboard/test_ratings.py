@@ -10,8 +10,8 @@ import pytest
 import trueskill
 
 from espl.leaderboard.ratings import (
-    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pass_at_k, rank_by_reward,
-    standings, task_matches, trueskill_ratings,
+    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pair_order, pass_at_k,
+    rank_by_reward, standings, task_matches, trueskill_ratings,
 )
 
 
@@ -79,19 +79,62 @@ def test_task_matches_average_samples_and_skip_solo_tasks():
     assert task_matches(eps) == [(("espl/Math-v0", 0), {"a": 0.5, "b": 1.0})]
 
 
-def test_trueskill_equals_direct_computation_with_ties():
-    eps = [ep("a", 0, 1.0), ep("b", 0, 0.0), ep("c", 0, 0.0),   # a wins, b and c draw
-           ep("a", 1, 0.0), ep("b", 1, 1.0),                     # b beats a (c did not run seed 1)
-           ep("a", 2, 1.0), ep("b", 2, 1.0), ep("c", 2, 1.0)]    # three-way draw
+def test_trueskill_two_agents_equals_direct_computation():
+    eps = [ep("a", 0, 1.0), ep("b", 0, 0.0),                    # a wins
+           ep("a", 1, 0.0, sample=0), ep("a", 1, 1.0, sample=1), ep("b", 1, 1.0),  # b 1.0 beats a's mean 0.5
+           ep("a", 2, 1.0), ep("b", 2, 0.995),                  # within 0.01: a draw
+           ep("a", 3, 1.0)]                                     # b did not run seed 3: no game
     got = trueskill_ratings(reversed(eps))  # input order must not matter
     env = trueskill.TrueSkill(**TRUESKILL)
-    a = b = c = env.create_rating()
-    (a,), (b,), (c,) = env.rate([(a,), (b,), (c,)], ranks=[0, 1, 1])
-    (a,), (b,) = env.rate([(a,), (b,)], ranks=[1, 0])
-    (a,), (b,), (c,) = env.rate([(a,), (b,), (c,)], ranks=[0, 0, 0])
-    for name, want in zip("abc", (a, b, c)):
+    assert env.tau == 0.0  # leaderboard agents are fixed: no skill drift between games
+    a = b = env.create_rating()
+    for ranks in ([0, 1], [1, 0], [0, 0]):
+        (a,), (b,) = env.rate([(a,), (b,)], ranks=ranks)
+    for name, want in (("a", a), ("b", b)):
         assert got[name].mu == pytest.approx(want.mu) and got[name].sigma == pytest.approx(want.sigma)
-    assert (got["a"].matches, got["b"].matches, got["c"].matches) == (3, 3, 2)
+    assert (got["a"].matches, got["b"].matches) == (3, 3)
+
+
+def test_trueskill_three_agents_play_pairs_in_hashed_order():
+    eps = [ep("a", 0, 1.0), ep("b", 0, 0.0), ep("c", 0, 0.0)]
+    got = trueskill_ratings(eps)
+    env = trueskill.TrueSkill(**TRUESKILL)
+    r = {n: env.create_rating() for n in "abc"}
+    pairs = sorted([("a", "b"), ("a", "c"), ("b", "c")], key=lambda p: pair_order(("espl/Math-v0", 0), p))
+    outcome = {("a", "b"): [0, 1], ("a", "c"): [0, 1], ("b", "c"): [0, 0]}
+    for x, y in pairs:
+        (r[x],), (r[y],) = env.rate([(r[x],), (r[y],)], ranks=outcome[(x, y)])
+    for n in "abc":
+        assert got[n].mu == pytest.approx(r[n].mu) and got[n].sigma == pytest.approx(r[n].sigma)
+    assert got["a"].mu > max(got["b"].mu, got["c"].mu)
+
+
+def _misordered(names_reversed: bool) -> tuple[int, int]:
+    """Pairs ranked against the true order by TrueSkill and by raw means, over seeded simulated boards."""
+    rating_bad = mean_bad = 0
+    for trial in range(6):
+        rng = random.Random(trial)
+        skill = {(f"z{4 - i}" if names_reversed else f"a{i}"): i for i in range(5)}
+        eps = [ep(n, s, float(rng.random() < 0.2 + 0.05 * i)) for n, i in skill.items() for s in range(150)]
+        ratings = trueskill_ratings(eps)
+        means = {n: sum(e.reward for e in eps if e.agent == n) for n in skill}
+        for order, counter in ((sorted(skill, key=lambda n: -ratings[n].mu), "r"), (sorted(skill, key=lambda n: -means[n]), "m")):
+            bad = sum(skill[order[i]] < skill[order[j]] for i in range(5) for j in range(i + 1, 5))
+            if counter == "r":
+                rating_bad += bad
+            else:
+                mean_bad += bad
+    return rating_bad, mean_bad
+
+
+def test_ratings_do_not_favour_agent_names():
+    # trueskill's free-for-all chains tied players in input order: names sorted against skill were ranked
+    # almost entirely backwards. 1v1 games in hashed order must order agents about as well as raw means,
+    # whichever way the names sort.
+    fwd, fwd_means = _misordered(False)
+    rev, rev_means = _misordered(True)
+    assert fwd_means == rev_means
+    assert fwd <= fwd_means + 4 and rev <= rev_means + 4 and abs(fwd - rev) <= 4
 
 
 def test_agent_without_opponent_keeps_prior():
