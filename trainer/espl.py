@@ -58,6 +58,7 @@ _LITERALS = {
     "loss": tuple(LOSSES),
     "loss_reduction": ("sum", "mean"),
     "mutator": ("base", "policy", "endpoint"),
+    "backend": ("local", "ray"),
 }
 
 
@@ -130,13 +131,20 @@ class TrainConfig:
     checkpoint_every: int = 1
     eval_every: int = 0  # evaluate the newest prompt on the test split every n steps (0: never)
     eval_problems: int = 32
+    # ---- scale-out (agents/distributed.py, docs/scaling.md): where rollouts run ----
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # "" starts a private Ray instance on this machine; "auto" / "HOST:PORT" joins a cluster
+    ray_workers: int = 2  # rollout workers (each holds its own copy of the policy)
+    ray_cpus_per_worker: float = 1.0
+    ray_gpus_per_worker: float = 0.0  # > 0: workers generate on their GPU (device "cuda")
 
     def __post_init__(self) -> None:
         for name, allowed in _LITERALS.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_problems", "prompts_per_step", "choose_from_newest", "rollouts_per_pair", "max_new_tokens",
-                     "train_problems", "micro_batch", "max_pool_size", "lora_rank", "max_ops_per_problem"):
+                     "train_problems", "micro_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
+                     "ray_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.crossover_prob <= 1.0:

@@ -25,6 +25,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy model alias, hub id or path (default smollm2-135m)."),
     env: Optional[str] = typer.Option(None, "--env", help="Env id (default espl/Math-v0); multi-turn tool envs work too."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Where rollouts run: local (default) | ray (docs/scaling.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, HOST:PORT); default: a private one here."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Rollout workers on Ray (default 2)."),
 ) -> None:
     """Train with E-SPL (or its ablations) on embedded defaults: SmolLM2-135M, espl/Math-v0, CPU."""
     import logging
@@ -35,7 +38,8 @@ def train(
     if resume and config is None and not set_ and (out / "config.toml").is_file():
         config = out / "config.toml"  # a resumed run keeps its own configuration unless told otherwise
     try:
-        cfg = TrainConfig.from_sources(config, set_ or (), mode=mode, seed=seed, model=model, env=env)
+        cfg = TrainConfig.from_sources(config, set_ or (), mode=mode, seed=seed, model=model, env=env, backend=backend,
+                                       ray_address=ray_address, ray_workers=ray_workers)
     except (ValueError, TypeError, OSError) as exc:
         console.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2)
@@ -47,7 +51,19 @@ def train(
 
     console.print(f"[bold]espl train[/bold] mode={cfg.mode} env={cfg.env} model={cfg.model} "
                   f"B={cfg.batch_problems} M={cfg.prompts_per_step} N={cfg.rollouts_per_pair} -> {out}")
-    trainer = Trainer(cfg, out, resume=resume)
+    rollout_fn, close = None, lambda: None
+    policy = None
+    if cfg.backend == "ray":
+        from espl.agents.distributed import RayRollout, WorkerPolicy
+        from espl.trainer.espl import build_policy
+
+        policy = build_policy(cfg)  # trained here; each worker builds its own copy and gets the adapter each step
+        rr = RayRollout(WorkerPolicy.from_policy(policy, device="cuda" if cfg.ray_gpus_per_worker > 0 else "cpu"),
+                        address=cfg.ray_address or None, num_workers=cfg.ray_workers,
+                        cpus_per_worker=cfg.ray_cpus_per_worker, gpus_per_worker=cfg.ray_gpus_per_worker)
+        rollout_fn, close = rr.rollout, rr.close
+        console.print(f"rollouts on Ray: {cfg.ray_workers} workers ({cfg.ray_address or 'a private instance on 127.0.0.1'})")
+    trainer = Trainer(cfg, out, resume=resume, policy=policy, rollout_fn=rollout_fn)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("steps", total=steps, completed=trainer.step_count)
@@ -60,7 +76,10 @@ def train(
             )
             progress.update(task, completed=m.step + 1)
 
-        trainer.train(steps, on_step)
+        try:
+            trainer.train(steps, on_step)
+        finally:
+            close()
     console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves")
 
 

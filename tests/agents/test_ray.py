@@ -143,3 +143,25 @@ def test_error_inside_the_rollout_is_raised_not_retried(ray_cluster, smol_policy
         with pytest.raises(RolloutError, match="NoSuchEnv"):
             rr.rollout("espl/NoSuchEnv-v0", None, episodes(2), PARAMS)
         assert rr.last.dead_workers == 0
+
+
+@pytest.mark.slow
+def test_training_steps_on_ray_equal_local_steps(ray_cluster, tmp_path):
+    """Two RL steps with rollouts on Ray workers = two local steps: the second step's rollouts use the
+    adapter the first step trained, pushed to the workers."""
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+    from espl.trainer.espl import TrainConfig, Trainer, build_policy
+
+    cfg = TrainConfig(mode="rl", batch_problems=2, rollouts_per_pair=4, max_new_tokens=24, temperature=1.0, seed=3,
+                      learning_rate=1e-3)
+    local = Trainer(cfg, tmp_path / "local")
+    local.train(2)
+    policy = build_policy(cfg)
+    with RayRollout(WorkerPolicy.from_policy(policy), num_workers=2) as rr:
+        remote = Trainer(cfg, tmp_path / "ray", policy=policy, rollout_fn=rr.rollout)
+        remote.train(2)
+        assert rr.adapter_version == 2  # pushed before each step's rollouts
+    assert local.metrics[0].loss_tokens > 0  # the first step did update the weights
+    for a, b in zip(local.metrics, remote.metrics):
+        assert (a.mean_reward, a.prompt_scores, a.loss_tokens) == (b.mean_reward, b.prompt_scores, b.loss_tokens)
+        assert a.loss == pytest.approx(b.loss, rel=1e-3, abs=1e-4)
