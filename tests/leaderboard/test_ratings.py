@@ -10,7 +10,7 @@ import pytest
 import trueskill
 
 from espl.leaderboard.ratings import (
-    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pair_order, pass_at_k,
+    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pair_order, pass_at_k, rate_1v1,
     rank_by_reward, standings, task_matches, trueskill_ratings,
 )
 
@@ -165,3 +165,23 @@ def test_lopsided_history_does_not_crash():
     eps = [ep(a, s, r) for s in range(600) for a, r in (("w", 1.0), ("l", 0.0))]
     got = trueskill_ratings(eps)
     assert got["w"].mu > got["l"].mu and all(math.isfinite(r.mu) for r in got.values())
+
+
+def test_closed_form_1v1_equals_trueskill_rate():
+    rng = random.Random(0)
+    for tau in (0.0, 25 / 300):
+        env = trueskill.TrueSkill(**{**TRUESKILL, "tau": tau})
+        checked = 0
+        for _ in range(300):
+            a = env.create_rating(rng.uniform(5, 45), rng.uniform(0.3, 9))
+            b = env.create_rating(rng.uniform(5, 45), rng.uniform(0.3, 9))
+            ranks = rng.choice([(0, 1), (1, 0), (0, 0)])
+            try:
+                (wa,), (wb,) = env.rate([(a,), (b,)], ranks=list(ranks))
+            except FloatingPointError:  # trueskill's own float limits; ours falls back to mpmath there
+                continue
+            ga, gb = rate_1v1(env, a, b, ranks)
+            for g, w in ((ga, wa), (gb, wb)):
+                assert g.mu == pytest.approx(w.mu, abs=1e-9) and g.sigma == pytest.approx(w.sigma, abs=1e-9)
+            checked += 1
+        assert checked > 250
