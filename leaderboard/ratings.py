@@ -22,7 +22,7 @@
     and 14 for raw means.
   - 1v1 games instead of one free-for-all match per task: `trueskill`'s free-for-all chains tied teams in
     their input order, which biases ties by agent name. With agents named in reverse order of skill, a
-    free-for-all with a realistic draw rate misordered 189 pairs (16-47 with other draw settings);
+    free-for-all with the observed draw rate (0.58) misordered 189 pairs (16 with draw probability 0.10);
     1v1 games gave 17 and 16. (`python benchmarks/leaderboard_ratings.py` reproduces these counts.)
 """
 
