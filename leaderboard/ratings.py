@@ -37,9 +37,11 @@ from typing import Iterable, Sequence
 
 import trueskill
 
+# one definition of the statistics for `espl eval` and the leaderboard
+from espl.agents.evaluate import Z_95, mean_ci95, pass_at_k
+
 SUCCESS_REWARD = 1.0
 TIE_MARGIN = 0.01  # the trainer's tie rule (ESPL_SPEC step 6): scores within 0.01 draw
-Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 # The paper's / trainer's TrueSkill constants but tau: leaderboard agents are fixed (see the module docstring).
 TRUESKILL = dict(mu=25.0, sigma=25.0 / 3, beta=25.0 / 6, tau=0.0, draw_probability=0.10)
 CONSERVATIVE_SIGMAS = 3
@@ -94,25 +96,10 @@ class Standing:
 
 # ---- scores --------------------------------------------------------------------------------------------
 def mean_ci(rewards: Sequence[float]) -> tuple[float, float]:
-    """(mean, 95 % half-width), normal approximation. One episode has no spread to estimate: its half-width
-    is 0, and the episode count shown beside it says how little that means."""
-    n = len(rewards)
-    if n == 0:
+    """(mean, 95 % half-width): `espl eval`'s own statistic, so the leaderboard and `espl eval --env` agree."""
+    if not rewards:
         raise ValueError("mean_ci: no rewards")
-    mean = math.fsum(rewards) / n
-    if n == 1:
-        return mean, 0.0
-    var = math.fsum((r - mean) ** 2 for r in rewards) / (n - 1)
-    return mean, Z_95 * math.sqrt(var / n)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Chen et al. 2021: probability that at least one of k samples (of n, c correct) is correct."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    return mean_ci95(rewards)
 
 
 def ks_for(samples_per_task: Iterable[int]) -> list[int]:
