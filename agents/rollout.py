@@ -29,7 +29,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
@@ -85,6 +87,55 @@ class _Live:
 
 
 EnvSource = str | Callable[[], gym.Env]
+
+
+# Envs are kept between rollout calls (per env id or env class + kwargs): building one can cost far more
+# than an episode (Math-v0 builds its reasoning-gym task sources, ~0.1-0.6 s), and the trainer calls rollout
+# every step. reset() starts each episode afresh, so a reused env is as good as a new one. Factories that
+# are not classes (a new closure per call would never hit) are not pooled.
+_POOL: dict[tuple, list[gym.Env]] = {}
+_POOL_LOCK = threading.Lock()
+MAX_POOLED_PER_KEY = 512
+
+
+def _pool_key(env: EnvSource, env_kwargs: dict[str, Any]) -> tuple | None:
+    if not (isinstance(env, str) or isinstance(env, type)):
+        return None
+    try:
+        return (env, json.dumps(env_kwargs, sort_keys=True, default=repr))
+    except (TypeError, ValueError):
+        return None
+
+
+def _take_envs(key: tuple | None, n: int) -> list[gym.Env]:
+    if key is None:
+        return []
+    with _POOL_LOCK:
+        free = _POOL.get(key, [])
+        taken, _POOL[key] = free[:n], free[n:]
+    return taken
+
+
+def _return_envs(key: tuple | None, envs: list[gym.Env]) -> None:
+    if key is None:
+        for e in envs:
+            e.close()
+        return
+    with _POOL_LOCK:
+        free = _POOL.setdefault(key, [])
+        keep = max(0, MAX_POOLED_PER_KEY - len(free))
+        free.extend(envs[:keep])
+    for e in envs[keep:]:
+        e.close()
+
+
+def close_env_pool() -> None:
+    """Close every env kept between rollout calls."""
+    with _POOL_LOCK:
+        envs = [e for free in _POOL.values() for e in free]
+        _POOL.clear()
+    for e in envs:
+        e.close()
 
 
 def _make_env(env: EnvSource, env_kwargs: dict[str, Any]) -> gym.Env:
@@ -146,8 +197,9 @@ def rollout(
     st = stats if stats is not None else RolloutStats()
     t_start = time.perf_counter()
 
-    free_envs: list[gym.Env] = []
-    all_envs: list[gym.Env] = []
+    pool_key = _pool_key(env, env_kwargs)
+    free_envs: list[gym.Env] = _take_envs(pool_key, width)
+    all_envs: list[gym.Env] = list(free_envs)
     pending = list(range(len(episodes)))[::-1]  # pop() from the end = in order
     live: list[_Live] = []
     done: dict[int, Trajectory] = {}
@@ -201,8 +253,7 @@ def rollout(
             f"rollout stopped: the policy failed ({exc}); {len(done)} of {len(episodes)} episodes had finished "
             "and are kept in .trajectories", dict(done), exc) from exc
     finally:
-        for e in all_envs:
-            e.close()
+        _return_envs(pool_key, all_envs)
         st.total_s += time.perf_counter() - t_start
     return [done[i] for i in range(len(episodes))]
 

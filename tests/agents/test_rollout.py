@@ -101,3 +101,24 @@ def test_reproducible_and_truncation_reported(trajs, smol_policy):
         n_len = t.info["finish_reasons"].count("length")
         assert t.info["truncated_reply"] == n_len
     assert any(t.info["truncated_reply"] for t in out)  # 6 tokens is short for this chatty model
+
+
+class CountedEnv(CountdownEnv):
+    made = 0
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        type(self).made += 1
+
+
+def test_envs_are_reused_across_rollout_calls(smol_policy):
+    from espl.agents.rollout import close_env_pool
+
+    close_env_pool()
+    p = SamplingParams(temperature=0, max_new_tokens=2, seed=0)
+    first = rollout(CountedEnv, smol_policy, [Episode(seed=s) for s in range(3)], p)
+    assert CountedEnv.made == 3
+    second = rollout(CountedEnv, smol_policy, [Episode(seed=s) for s in range(3)], p)
+    assert CountedEnv.made == 3  # the pooled envs served the second call
+    assert [t.token_ids for t in first] == [t.token_ids for t in second]
+    close_env_pool()

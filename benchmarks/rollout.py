@@ -1,0 +1,170 @@
+"""Rollout throughput, measured side by side in one run (ratios, medians over --repeats):
+
+1. rollout tokens/s vs bare `model.generate` on the same prompts and batch size (goal >= 0.9x),
+2. batched rollout vs one-at-a-time rollouts (goal >= 5x),
+3. env + reward + parsing + template time as a fraction of rollout time (goal < 3 %),
+4. the shared-prefix KV cache: time per problem with and without it (same batch, same system prompt),
+5. optionally (--success N) the model's base success rate on the env with default sampling.
+
+    python benchmarks/rollout.py                      # SmolLM2-135M on espl/Math-v0, batch 32, 64 new tokens
+    python benchmarks/rollout.py --batch 64 --max-new-tokens 128 --success 128
+    python benchmarks/rollout.py --model qwen2.5-coder-0.5b --success 64
+
+Tokens counted are "useful" ones: per row up to and including its end-of-turn token (bare `generate` keeps
+stepping finished rows until the longest is done; that cost is what a batch pays, so it is counted in its
+time, not in its tokens). Prompts are Math-v0 test problems under one ~150-token system prompt, the
+E-SPL situation where every rollout of a step shares its system prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+SYSTEM_PROMPT = (
+    "You are a meticulous competition mathematician. Read the problem twice and identify exactly what is "
+    "asked before computing anything. Work step by step: write each intermediate result on its own line, "
+    "check every arithmetic operation by estimating its magnitude, and keep units and signs explicit. When "
+    "the problem involves several quantities, name them with short variables first. If a step depends on an "
+    "assumption, state it. Prefer exact fractions to decimals unless the problem asks for a decimal. Before "
+    "you answer, substitute your result back into the problem to verify it. Never stop at a partial result. "
+    "Finish with one final line of the form 'Answer: <answer>' containing only the final value."
+)
+
+
+def useful_lengths(rows, stop_ids):
+    out = []
+    for row in rows:
+        n = 0
+        for t in row:
+            n += 1
+            if t in stop_ids:
+                break
+        out.append(n)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--env", default="espl/Math-v0")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--single", type=int, default=4, help="episodes for the one-at-a-time baseline")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--success", type=int, default=0, help="also measure the success rate on N test episodes")
+    ap.add_argument("--success-max-new-tokens", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args()
+
+    import torch
+
+    import espl  # noqa: F401  (registers the envs)
+    from espl.agents.evaluate import evaluate
+    from espl.agents.hf import HFPolicy
+    from espl.agents.rollout import Episode, RolloutStats, rollout
+    from espl.types import SamplingParams
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    policy = HFPolicy(args.model, device=args.device, max_batch=max(args.batch, 1))
+    print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s on {args.device}; "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
+    env_kwargs = {"split": "test"}
+    episodes = [Episode(seed=i, system_prompt=SYSTEM_PROMPT) for i in range(args.batch)]
+
+    # the exact prompts the rollout renders, for the bare-generate baseline
+    import gymnasium as gym
+
+    env = gym.make(args.env, **env_kwargs)
+    prompts = []
+    for ep in episodes:
+        obs, _ = env.reset(seed=ep.seed, options={"system_prompt": ep.system_prompt})
+        prompts.append(policy.renderer.start(obs).ids)
+    env.close()
+    sys_tokens = len(policy.renderer.encode(SYSTEM_PROMPT))
+    print(f"batch {args.batch}, system prompt {sys_tokens} tokens, prompts {min(map(len, prompts))}-"
+          f"{max(map(len, prompts))} tokens, {args.max_new_tokens} new tokens max", flush=True)
+    stop_ids = policy.stop_ids
+    tok = policy.tokenizer
+
+    def bare_generate() -> tuple[int, float]:
+        enc = tok.pad({"input_ids": [list(p) for p in prompts]}, return_tensors="pt", padding=True)
+        enc = {k: v.to(policy.device) for k, v in enc.items()}
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.95, top_k=0,
+                                        max_new_tokens=args.max_new_tokens, eos_token_id=sorted(stop_ids),
+                                        pad_token_id=tok.pad_token_id)
+        dt = time.perf_counter() - t
+        rows = out[:, enc["input_ids"].shape[1]:].tolist()
+        return sum(useful_lengths(rows, stop_ids)), dt
+
+    def run_rollout(eps, max_batch=None, sharing=None) -> RolloutStats:
+        policy.prefix_sharing = sharing
+        st = RolloutStats()
+        rollout(args.env, policy, eps, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
+        policy.prefix_sharing = None
+        return st
+
+    # warm-up: first calls pay one-off costs (kernels, env construction)
+    policy.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2, seed=0))
+    run_rollout(episodes[:2])
+
+    bare, roll, noshare, overhead = [], [], [], []
+    for r in range(args.repeats):
+        n, dt = bare_generate()
+        bare.append(n / dt)
+        st = run_rollout(episodes)
+        roll.append(st.generated_tokens / st.total_s)
+        overhead.append((st.env_s + st.render_s) / st.total_s)
+        st2 = run_rollout(episodes, sharing=False)
+        noshare.append((st2.total_s, st.total_s, st2.generated_tokens / st2.total_s))
+        print(f"  repeat {r + 1}: bare generate {bare[-1]:.1f} tok/s | rollout {roll[-1]:.1f} tok/s "
+              f"(env+template {overhead[-1]:.2%}) | rollout without prefix sharing {noshare[-1][2]:.1f} tok/s",
+              flush=True)
+    st1 = run_rollout(episodes[: args.single], max_batch=1)
+    single = st1.generated_tokens / st1.total_s
+
+    med = statistics.median
+    res = {
+        "model": args.model, "device": args.device, "batch": args.batch, "max_new_tokens": args.max_new_tokens,
+        "system_prompt_tokens": sys_tokens, "torch_threads": torch.get_num_threads(),
+        "bare_generate_tok_s": med(bare), "rollout_tok_s": med(roll), "one_at_a_time_tok_s": single,
+        "rollout_vs_bare": med(roll) / med(bare), "rollout_vs_one_at_a_time": med(roll) / single,
+        "env_overhead_fraction": med(overhead),
+        "prefix_sharing_speedup": med(a / b for a, b, _ in noshare),
+    }
+    print("\nresults (medians):")
+    print(f"  rollout / bare model.generate, batch {args.batch}: {res['rollout_vs_bare']:.2f}x   (goal >= 0.9x)")
+    print(f"  batched rollout / one-at-a-time rollouts:    {res['rollout_vs_one_at_a_time']:.1f}x   (goal >= 5x)")
+    print(f"  env + reward + parsing + template share:      {res['env_overhead_fraction']:.2%}  (goal < 3 %)")
+    print(f"  shared-prefix KV cache: rollout {res['prefix_sharing_speedup']:.2f}x faster than without")
+
+    if args.success:
+        sp = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.success_max_new_tokens, seed=0)
+        for prompt_name, prompt in (("no system prompt", None), ("the benchmark system prompt", SYSTEM_PROMPT)):
+            r = evaluate(args.env, policy, episodes=args.success, params=sp, system_prompt=prompt, split="test",
+                         max_batch=args.batch)
+            key = "success_no_prompt" if prompt is None else "success_with_prompt"
+            res[key] = {"success_rate": r.success_rate, "mean_reward": r.mean_reward, "ci95": r.ci95,
+                        "reasons": r.reasons, "episodes": r.episodes, "tokens_per_s": r.tokens_per_s}
+            print(f"  success on {args.env} test ({args.success} episodes, {prompt_name}, "
+                  f"{args.success_max_new_tokens} tokens): {r.success_rate:.1%}; mean reward {r.mean_reward:.3f} "
+                  f"± {r.ci95:.3f}; {r.reasons}", flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
