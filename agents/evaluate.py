@@ -130,10 +130,12 @@ def evaluate(
     max_batch: int | None = None,
     success_reward: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    rollout_fn: Callable[..., list[Trajectory]] | None = None,
 ) -> EvalResult:
     """Run `episodes` tasks x `samples` of `env` with `policy` and summarise (see the module docstring).
 
-    `split=None` leaves the env's own default split (for envs without splits).
+    `split=None` leaves the env's own default split (for envs without splits). `rollout_fn` replaces the
+    local `rollout` (same signature), e.g. `RayRollout(...).rollout` to run the episodes on a Ray cluster.
     """
     if episodes < 1:
         raise ValueError(f"episodes: must be >= 1, got {episodes}")
@@ -152,8 +154,8 @@ def evaluate(
     t0 = time.perf_counter()
     error = None
     try:
-        trajs = rollout(env, policy, eps, params, env_kwargs=kwargs, max_batch=max_batch, progress=progress,
-                        stats=stats)
+        trajs = (rollout_fn or rollout)(env, policy, eps, params, env_kwargs=kwargs, max_batch=max_batch,
+                                        progress=progress, stats=stats)
     except RolloutError as exc:
         trajs = [exc.trajectories[i] for i in sorted(exc.trajectories)]
         error = str(exc)

@@ -76,6 +76,10 @@ def eval_command(
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="Evaluate a training run's prompts + adapter."),
     name: Optional[str] = typer.Option(None, "--name", help="Agent name on the leaderboard."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Leaderboard: episodes per stored chunk."),
+    backend_opt: str = typer.Option("local", "--backend", help="Where episodes run: local | ray (docs/scaling.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="Ray cluster to join (auto, HOST:PORT); default: a private one here."),
+    ray_workers: int = typer.Option(2, "--ray-workers", help="Rollout workers on Ray, each with its own policy."),
 ) -> None:
     """Evaluate a model and system prompt on an env: mean reward ± 95% CI, pass@k, reasons, tokens/s."""
     from espl.types import SamplingParams
@@ -99,6 +103,23 @@ def eval_command(
 
         return HFPolicy(model, device=device)
 
+    if backend_opt not in ("local", "ray"):
+        raise typer.BadParameter("must be local or ray", param_hint="--backend")
+    ray = None
+    if backend_opt == "ray":
+        if suite or from_run:
+            raise typer.BadParameter("ray runs --env evaluations; leaderboard suites run locally", param_hint="--backend")
+        if ray_workers < 1:
+            raise typer.BadParameter("must be >= 1", param_hint="--ray-workers")
+        from espl.agents.distributed import WorkerPolicy
+
+        if base_url:
+            recipe = WorkerPolicy.openai(base_url=base_url, model=model, tool_format=tool_format,
+                                         api_key=api_key or os.environ.get("OPENAI_API_KEY"))
+        else:
+            recipe = WorkerPolicy.hf(model, device=device)
+        ray = (recipe, ray_address, ray_workers, 1 if device.startswith("cuda") and not base_url else 0)
+
     if suite or from_run:
         if env:
             raise typer.BadParameter("give --env, or --suite/--from-run, not both", param_hint="--env")
@@ -112,11 +133,11 @@ def eval_command(
         raise typer.BadParameter("which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME",
                                  param_hint="--env")
     _eval_env(env, make_policy, model, prompt, episodes or 32, samples, seed, split, params,
-              parse_env_args(env_arg), max_batch, as_json, out)
+              parse_env_args(env_arg), max_batch, as_json, out, ray)
 
 
 def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, params, env_kwargs, max_batch,
-              as_json, out) -> None:
+              as_json, out, ray=None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from espl.agents.evaluate import evaluate
@@ -129,17 +150,33 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
         raise typer.Exit(2) from None
     if split not in ("train", "test"):
         raise typer.BadParameter("must be train or test", param_hint="--split")
+    rollout_fn, close = None, lambda: None
     try:
-        policy = make_policy()
+        if ray is None:
+            policy = make_policy()
+        else:  # the workers build the policy; here only the name is checked
+            from espl.agents.distributed import RayRollout
+
+            recipe, address, workers, gpus = ray
+            if recipe.backend == "hf":
+                from espl.agents.models import resolve_model
+
+                resolve_model(model)
+            policy = None
+            rr = RayRollout(recipe, address=address, num_workers=workers, gpus_per_worker=gpus)
+            rollout_fn, close = rr.rollout, rr.close
     except (ValueError, FileNotFoundError) as exc:
         err_console.print(f"[red]--model: {exc}[/red]")
         raise typer.Exit(2) from None
     with Progress(TextColumn(f"{env}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json) as bar:
         task = bar.add_task("episodes", total=episodes * samples)
-        result = evaluate(env, policy, episodes=episodes, params=params, system_prompt=prompt, samples=samples,
-                          seed=seed, split=split, env_kwargs=env_kwargs, max_batch=max_batch,
-                          progress=lambda done, total: bar.update(task, completed=done))
+        try:
+            result = evaluate(env, policy, episodes=episodes, params=params, system_prompt=prompt, samples=samples,
+                              seed=seed, split=split, env_kwargs=env_kwargs, max_batch=max_batch,
+                              progress=lambda done, total: bar.update(task, completed=done), rollout_fn=rollout_fn)
+        finally:
+            close()
     result.model = model
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,31 @@ def test_training_steps_on_ray_equal_local_steps(ray_cluster, tmp_path):
     for a, b in zip(local.metrics, remote.metrics):
         assert (a.mean_reward, a.prompt_scores, a.loss_tokens) == (b.mean_reward, b.prompt_scores, b.loss_tokens)
         assert a.loss == pytest.approx(b.loss, rel=1e-3, abs=1e-4)
+
+
+def test_eval_cli_rejects_unknown_backend():
+    from typer.testing import CliRunner
+
+    from espl.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "--env", ENV, "--backend", "spark"])
+    assert r.exit_code == 2 and "local or ray" in r.output
+
+
+@pytest.mark.slow
+def test_eval_cli_on_ray_equals_local(ray_cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from espl.cli import app
+
+    args = ["eval", "--env", ENV, "--episodes", "4", "--max-new-tokens", "16", "--seed", "5", "--json"]
+    runs = {}
+    for name, extra in (("local", []), ("ray", ["--backend", "ray", "--ray-workers", "2"])):
+        r = CliRunner().invoke(app, args + ["--out", str(tmp_path / name)] + extra)
+        assert r.exit_code == 0, r.output
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "trajectories.jsonl").read_text().splitlines()]
+    assert [(t["token_ids"], t["reward"], t["reason"]) for t in runs["ray"]] == \
+        [(t["token_ids"], t["reward"], t["reason"]) for t in runs["local"]]
+    assert ray_cluster.is_initialized()  # the CLI used the running cluster and left it running
