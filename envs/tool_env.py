@@ -13,7 +13,9 @@ An episode:
   even if it also states an answer.
 - A malformed call (bad JSON), an unknown tool, arguments that do not match the tool's schema, and an
   exception raised by the tool all become an error text in a `tool` message to the model, and are counted in
-  `info["tool_errors"]`; none of them raises.
+  `info["tool_errors"]`; none of them raises. The exception: a tool failing for a reason that is not the
+  model's doing (the types in `infrastructure_errors`, e.g. the Docker sandbox going away) raises from
+  `step`, so it is never scored as the model's mistake.
 - `info["tool_calls"]` / `info["tool_errors"]` count the episode so far; `info["tool_error_kinds"]` counts
   errors by kind (`parse`, `unknown_tool`, `bad_arguments`, `tool_exception`). When calls were parsed from text,
   `info["parsed_tool_calls"]` holds them as OpenAI ToolCalls so a rollout can attach them to the assistant
@@ -51,6 +53,8 @@ class ToolEnv(MultiTurnEnv):
 
     family: ClassVar[str] = "tool"
     default_max_turns: ClassVar[int] = 6
+    # exceptions from a tool that are infrastructure failures, not the model's mistakes: they propagate
+    infrastructure_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, *, split: Split = "train", max_turns: int | None = None, describe_tools_in_prompt: bool = False,
                  render_mode: str | None = None):
@@ -154,6 +158,8 @@ class ToolEnv(MultiTurnEnv):
             return out
         try:
             result = fn(**args)
+        except self.infrastructure_errors:
+            raise
         except Exception as exc:  # a tool failing on the model's input is feedback for the model
             self._error("tool_exception")
             out["content"] = f"Error: {name} raised {type(exc).__name__}: {exc}"

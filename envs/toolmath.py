@@ -9,6 +9,7 @@ products of three 2-digit numbers, and 3-5 term expressions with precedence and 
 - `python(code)`: runs code in the Docker sandbox (`espl.sandboxes.python_tool.run_python`) and returns its
   output. Offered only when the sandbox is available (`python_tool="auto"`, the default; a log line says
   when it is left out); `python_tool="on"` makes a missing sandbox an error, `"off"` never offers it.
+  A sandbox failure during an episode (`SandboxError`) raises from `step` instead of being scored.
 
 The final reply (the first without a tool call) is graded with envs/answers.py (`grade_reply`: the last
 `\\boxed{}`, else `Answer:` line, else last number; compared exactly as a number). Splits: a problem belongs
@@ -213,6 +214,11 @@ class ToolMathEnv(ToolEnv):
                 raise RuntimeError(f"python_tool='on' but {why}; use python_tool='auto' or 'off'")
             if run is None:
                 log.info("ToolMath: the python tool is not offered: %s; calculator only", why)
+            else:
+                from espl.sandboxes.core import SandboxError
+
+                # the sandbox failing (daemon gone, container lost) is not the model's mistake: let it raise
+                self.infrastructure_errors = (SandboxError,)
             self._run_python = run
         self.python_timeout_s = python_timeout_s
         super().__init__(split=split, max_turns=max_turns, describe_tools_in_prompt=describe_tools_in_prompt,

@@ -367,3 +367,27 @@ def test_env_without_tools_is_rejected():
 
     with pytest.raises(ValueError, match="no tools"):
         Empty()
+
+
+def test_infrastructure_errors_raise_instead_of_being_scored():
+    class Down(RuntimeError):
+        pass
+
+    def flaky(x: int) -> int:
+        """Fail like a sandbox that went away.
+
+        Args:
+            x: Anything.
+        """
+        raise Down("daemon gone")
+
+    class FlakyEnv(AddEnv):
+        infrastructure_errors = (Down,)
+
+        def tool_functions(self):
+            return [flaky]
+
+    env = FlakyEnv()
+    env.reset(seed=0)
+    with pytest.raises(Down, match="daemon gone"):
+        env.step(call_text("flaky", {"x": 1}))
