@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     train_problems: int = 256  # task indices 0..n-1 of the train split form the training set [ref: dataset_size 256]
     # ---- step 1: batch ----
-    batch_problems: int = 4  # B [ref: 10]
+    batch_problems: int = 2  # B [ref: 10]
     # ---- step 2: selection ----
     prompts_per_step: int = 2  # M [ref: 3]
     choose_from_newest: int = 5  # K
@@ -299,6 +299,41 @@ def _UserPlacement(env_id: str, kwargs: dict) -> Any:
     return UserPlacement(gym.make(env_id, **kwargs))
 
 
+def token_logprobs(model: Any, trajectories: Sequence[Trajectory], advs: Sequence[float], pad: int,
+                   temperature: float) -> tuple[Any, Any, Any, Any]:
+    """Step 4's inputs for one micro-batch: per-token log π_θ (with gradient), the sampling-time log-probs,
+    the generated-token mask and the advantages, all shaped [batch, positions predicted].
+
+    Sequences are right-padded; position j predicts token j+1. Logits are computed only from the position
+    before the first generated token on: the prompt's positions carry no loss, so the LM head (a fifth of
+    SmolLM2's FLOPs) skips them.
+    """
+    import torch
+
+    width = max(len(t.token_ids) for t in trajectories)
+    n = len(trajectories)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    old, mask, adv = torch.zeros((n, width)), torch.zeros((n, width)), torch.zeros((n, width))
+    for j, (t, a) in enumerate(zip(trajectories, advs)):
+        L = len(t.token_ids)
+        ids[j, :L] = torch.tensor(t.token_ids)
+        attn[j, :L] = 1
+        old[j, :L] = torch.tensor(t.logprobs, dtype=torch.float32)
+        mask[j, :L] = torch.tensor(t.mask, dtype=torch.float32)
+        adv[j, :L] = a
+    start = max(int(mask.argmax(dim=1).min()) - 1, 0)
+    device = next(model.parameters()).device
+    ids, attn = ids.to(device), attn.to(device)
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = ids[:, start + 1:]
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    sl = slice(start + 1, None)
+    return lp, old[:, sl].to(device), mask[:, sl].to(device), adv[:, sl].to(device)
+
+
 # ---- the trainer -------------------------------------------------------------------------------------------
 
 
@@ -483,13 +518,13 @@ class Trainer:
         items = [(trajectories[(m * B + b) * N + n], float(adv[m, b, n]))
                  for m in range(M) for b in range(B) if keep[m, b] for n in range(N)]
         items = [(t, a) for t, a in items if sum(t.mask) > 0]
+        items.sort(key=lambda ta: len(ta[0].token_ids))  # similar lengths share a micro-batch: less padding
         if not items:
             return 0.0, 0
         model, loss_fn = self.policy.model, LOSSES[self.cfg.loss]
         settings = LossSettings(self.cfg.ppo_clip_eps, self.cfg.cispo_clip_low, self.cfg.cispo_clip_high)
         total_tokens = sum(sum(t.mask[1:]) for t, _ in items)
         scale = 1.0 / total_tokens if self.cfg.loss_reduction == "mean" else 1.0
-        device = next(model.parameters()).device
         pad = self.policy.tokenizer.pad_token_id or 0
         # The sampler's log-probs are log softmax(logits / T) (agents/hf.py), so π_θ is computed at the same T:
         # on-policy the IS ratio is exactly 1 and only sampler/trainer numerics move it.
@@ -499,26 +534,8 @@ class Trainer:
         total = 0.0
         for i in range(0, len(items), self.cfg.micro_batch):
             chunk = items[i : i + self.cfg.micro_batch]
-            width = max(len(t.token_ids) for t, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(chunk), width), dtype=torch.long)
-            old = torch.zeros((len(chunk), width))
-            mask = torch.zeros((len(chunk), width))
-            a = torch.zeros((len(chunk), width))
-            for j, (t, adv_j) in enumerate(chunk):
-                L = len(t.token_ids)
-                ids[j, :L] = torch.tensor(t.token_ids)
-                attn[j, :L] = 1
-                old[j, :L] = torch.tensor(t.logprobs, dtype=torch.float32)
-                mask[j, :L] = torch.tensor(t.mask, dtype=torch.float32)
-                a[j, :L] = adv_j
-            ids, attn = ids.to(device), attn.to(device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            if temperature != 1.0:
-                logits = logits / temperature
-            targets = ids[:, 1:]
-            lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            loss = loss_fn(lp, old[:, 1:].to(device), a[:, 1:].to(device), mask[:, 1:].to(device), settings) * scale
+            lp, old, mask, a = token_logprobs(model, [t for t, _ in chunk], [adv for _, adv in chunk], pad, temperature)
+            loss = loss_fn(lp, old, a, mask, settings) * scale
             loss.backward()
             total += float(loss.detach())
         self.optimizer.step()

@@ -25,7 +25,7 @@ import torch
 import trueskill
 
 from espl.envs.core import MultiTurnEnv, Outcome, Task
-from espl.trainer.espl import TrainConfig, Trainer, build_policy
+from espl.trainer.espl import TrainConfig, Trainer, build_policy, token_logprobs
 from espl.trainer.mutator import ScriptedMutator
 
 pytestmark = pytest.mark.slow
@@ -110,6 +110,23 @@ def test_one_real_step_updates_lora_grows_pool_and_rates_like_trueskill(tmp_path
     assert list((run / "tb").iterdir())
     pool = json.loads((run / "pool.json").read_text())
     assert {"id", "principles", "mu", "sigma", "parents", "op", "birth_step", "scores"} <= set(pool["prompts"][0])
+
+
+def test_trainer_logprobs_match_sampling_logprobs_on_policy():
+    """Token alignment and temperature: before any update, log π_θ recomputed by the trainer on the
+    recorded tokens equals the sampler's log-probs on every generated token (IS ratio 1)."""
+    cfg = tiny()
+    trainer = Trainer(cfg, None, policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
+    episodes = [trainer._episode(i, ["Answer briefly."] if i % 2 else (), 100 + i) for i in range(4)]
+    from espl.types import SamplingParams
+
+    trajs = trainer._rollout(episodes, SamplingParams(temperature=0.7, max_new_tokens=12, seed=5))
+    with torch.no_grad():
+        lp, old, mask, _ = token_logprobs(trainer.policy.model, trajs, [1.0] * 4, 0, 0.7)
+    assert mask.sum() > 0
+    diff = ((lp - old).abs() * mask).max()
+    assert float(diff) < 2e-3, float(diff)
+    trainer.close()
 
 
 def comparable(trainer: Trainer) -> tuple:
