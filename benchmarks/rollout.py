@@ -61,6 +61,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--random-init", metavar="DIR", default=None,
+                    help="a randomly initialised model from DIR's config.json + tokenizer (throughput only: where "
+                         "the weights cannot travel, e.g. a GPU box; it never says end-of-turn, so every row runs "
+                         "to --max-new-tokens)")
     args = ap.parse_args()
 
     import torch
@@ -74,7 +78,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    policy = HFPolicy(args.model, device=args.device, max_batch=max(args.batch, 1))
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        cfg = AutoConfig.from_pretrained(args.random_init)
+        base = AutoModelForCausalLM.from_config(cfg).to(args.device).eval()
+        rtok = AutoTokenizer.from_pretrained(args.random_init)
+        rtok.padding_side = "left"
+        policy = HFPolicy(base, tokenizer=rtok, device=args.device, max_batch=max(args.batch, 1))
+        args.model = f"random-init:{args.random_init}"
+    else:
+        policy = HFPolicy(args.model, device=args.device, max_batch=max(args.batch, 1))
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s on {args.device}; "
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
@@ -84,7 +99,14 @@ def main() -> None:
     # the exact prompts the rollout renders, for the bare-generate baseline
     import gymnasium as gym
 
-    env = gym.make(args.env, **env_kwargs)
+    env_source = args.env
+    if ":" in args.env and "/" not in args.env:  # module:Class (an env class outside the registry)
+        import importlib
+
+        mod, _, cls = args.env.partition(":")
+        env_source = getattr(importlib.import_module(mod), cls)
+        env_kwargs = {}
+    env = gym.make(env_source, **env_kwargs) if isinstance(env_source, str) else env_source(**env_kwargs)
     prompts = []
     for ep in episodes:
         obs, _ = env.reset(seed=ep.seed, options={"system_prompt": ep.system_prompt})
@@ -112,9 +134,19 @@ def main() -> None:
     def run_rollout(eps, max_batch=None, sharing=None) -> RolloutStats:
         policy.prefix_sharing = sharing
         st = RolloutStats()
-        rollout(args.env, policy, eps, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
+        rollout(env_source, policy, eps, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
         policy.prefix_sharing = None
         return st
+
+    # correctness on this device: greedy decoding of the rollout's decoder equals transformers' own
+    chk = policy.generate_tokens(prompts[:4], SamplingParams(temperature=0, max_new_tokens=16))
+    same = 0
+    for c in chk:
+        ids = torch.tensor([list(c.prompt_ids)], device=policy.device)
+        ref = policy.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                                    eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        same += list(c.token_ids) == [int(t) for t in ref][: len(c.token_ids)]
+    print(f"greedy check: {same}/4 rows token-identical to model.generate", flush=True)
 
     # warm-up: first calls pay one-off costs (kernels, env construction)
     policy.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2, seed=0))
@@ -142,7 +174,7 @@ def main() -> None:
         "bare_generate_tok_s": med(bare), "rollout_tok_s": med(roll), "one_at_a_time_tok_s": single,
         "rollout_vs_bare": med(roll) / med(bare), "rollout_vs_one_at_a_time": med(roll) / single,
         "env_overhead_fraction": med(overhead),
-        "prefix_sharing_speedup": med(a / b for a, b, _ in noshare),
+        "prefix_sharing_speedup": med(a / b for a, b, _ in noshare), "greedy_check_rows_identical": same,
     }
     print("\nresults (medians):")
     print(f"  rollout / bare model.generate, batch {args.batch}: {res['rollout_vs_bare']:.2f}x   (goal >= 0.9x)")
@@ -153,7 +185,7 @@ def main() -> None:
     if args.success:
         sp = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.success_max_new_tokens, seed=0)
         for prompt_name, prompt in (("no system prompt", None), ("the benchmark system prompt", SYSTEM_PROMPT)):
-            r = evaluate(args.env, policy, episodes=args.success, params=sp, system_prompt=prompt, split="test",
+            r = evaluate(env_source, policy, episodes=args.success, params=sp, system_prompt=prompt, split="test",
                          max_batch=args.batch)
             key = "success_no_prompt" if prompt is None else "success_with_prompt"
             res[key] = {"success_rate": r.success_rate, "mean_reward": r.mean_reward, "ci95": r.ci95,
