@@ -98,3 +98,28 @@ def test_train_refuses_to_overwrite_and_reports_bad_config(tmp_path):
     (tmp_path / "r" / "checkpoint").mkdir(parents=True)
     res = runner.invoke(app, ["train", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--resume" in res.output
+
+
+def test_crossover_inputs_from_score_matrix():
+    """Step 7's evidence: per problem, the prompt that strictly beat all others (ties within 0.01: none)."""
+    import numpy as np
+
+    from espl.envs.core import Task
+
+    pool = PromptPool(100)
+    a, b, c = (pool.add((f"rule {i} for tests",), 25.0, 8.0) for i in range(3))
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = TrainConfig(tie_tolerance=0.01)
+    # rewards [M=3 slots, B=4 problems, N=2]: slot order a, b, c
+    rewards = np.array([
+        [[1, 1], [0, 0], [1, 0], [0, 0]],   # a wins problem 0 alone; ties b on problem 2
+        [[0, 0], [1, 0], [1, 0], [0, 0]],   # b wins problem 1
+        [[0, 0], [0, 0], [0, 0], [0, 0]],   # c wins nothing; problem 3 all tie
+    ], dtype=float)
+    tasks = [Task(f"t{i}", f"question {i}", i) for i in range(4)]
+    slot_of = {a.id: 0, b.id: 1, c.id: 2}
+    parents, wins = trainer._crossover_inputs([a, b, c], a, rewards, slot_of, tasks)
+    assert [p.id for p in parents] == [a.id, b.id]
+    assert wins == [["question 0"], ["question 1"]]
+    # the best prompt won nothing alone: no crossover (reference: set A needs a win)
+    assert trainer._crossover_inputs([a, b, c], c, rewards, slot_of, tasks) is None
