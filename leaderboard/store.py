@@ -240,7 +240,11 @@ class Store:
         self._con.row_factory = sqlite3.Row
         self._con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._con.execute("PRAGMA foreign_keys = ON")
-        self._init_schema()
+        try:
+            self._init_schema()
+        except sqlite3.OperationalError as exc:  # read-only file or folder, full disk, lock held too long
+            self._con.close()
+            raise StoreError(f"--db {self.path}: cannot write to it ({exc}); check its permissions and free space") from None
 
     def __enter__(self) -> "Store":
         return self
@@ -288,11 +292,16 @@ class Store:
 
     # ---- writes ------------------------------------------------------------------------------------------
     def add_agent(self, spec: AgentSpec) -> int:
-        """The id of the agent with this content hash, inserting it when new (never a duplicate)."""
+        """The id of the agent with this content hash, inserting it when new (never a duplicate). An explicit
+        `spec.name` renames an existing agent; without one the stored name is kept."""
         with self._write() as con:
-            return self._add_agent(con, spec.content_hash, spec.display_name, spec.backend, spec.model,
-                                   spec.system_prompt, spec.placement, spec.prompt_hash, json.dumps(spec.sampling, sort_keys=True),
-                                   spec.adapter, spec.adapter_hash, utc_now())
+            agent_id = self._add_agent(con, spec.content_hash, spec.display_name, spec.backend, spec.model,
+                                       spec.system_prompt, spec.placement, spec.prompt_hash,
+                                       json.dumps(spec.sampling, sort_keys=True), spec.adapter, spec.adapter_hash,
+                                       utc_now())
+            if spec.name:
+                con.execute("UPDATE agents SET name = ? WHERE id = ?", (spec.name, agent_id))
+            return agent_id
 
     @staticmethod
     def _add_agent(con: sqlite3.Connection, agent_hash: str, *values: Any) -> int:

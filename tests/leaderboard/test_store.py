@@ -194,3 +194,25 @@ def test_default_path_is_in_user_data_dir(monkeypatch):
     assert default_db_path().name == "leaderboard.db" and "espl-gym" in str(default_db_path())
     monkeypatch.setenv("ESPL_LEADERBOARD_DB", "/tmp/x.db")
     assert str(default_db_path()) == "/tmp/x.db"
+
+
+def test_explicit_name_renames_existing_agent(tmp_path):
+    with Store(tmp_path / "lb.db") as store:
+        first = store.add_agent(agent())
+        again = store.add_agent(AgentSpec(**{**agent().__dict__, "name": "baseline"}))
+        store.add_agent(agent())  # no name given: the stored one stays
+        assert first == again and [a["name"] for a in store.agents()] == ["baseline"]
+
+
+def test_read_only_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "lb.db"
+    path.write_bytes(b"")  # an empty file is ours to initialise, but this one cannot be written
+    path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(path, os.W_OK):
+            pytest.skip("running as a user that can write read-only files (root)")
+        with pytest.raises(StoreError, match="cannot write"):
+            Store(path)
+    finally:
+        tmp_path.chmod(0o755)
