@@ -170,6 +170,7 @@ def eval_suite_command(
 
     `--from-run RUN_DIR` without `--suite` runs the run's own env on its test split (`--episodes`, default 32).
     """
+    from espl.agents.errors import RolloutError
     from espl.leaderboard.runner import DEFAULT_CHUNK, agent_spec, run_suite
     from espl.leaderboard.suites import Suite, SuiteEntry, SuiteError, load_suite
 
@@ -226,9 +227,15 @@ def eval_suite_command(
             if not as_json:
                 console.print(f"[bold]{spec.display_name}[/bold] on suite {chosen.name}: {left} of "
                               f"{chosen.num_episodes} episodes to run (db {store.path})")
-            policy = factory() if left else None
-            results.append(_run_with_progress(store, chosen, spec, policy, params, extra, as_json,
-                                              chunk_size or DEFAULT_CHUNK, run_suite))
+            try:
+                policy = factory() if left else None
+            except (ValueError, FileNotFoundError, OSError) as exc:  # unknown alias, missing files
+                fail(f"--model: {exc}")
+            try:
+                results.append(_run_with_progress(store, chosen, spec, policy, params, extra, as_json,
+                                                  chunk_size or DEFAULT_CHUNK, run_suite))
+            except RolloutError as exc:
+                fail(f"{exc}. The episodes that finished are stored: run the same command again to resume.")
     if as_json:
         total = sum(e.score.episodes for r in results for e in r.envs)
         means = [e.score.mean for r in results for e in r.envs]

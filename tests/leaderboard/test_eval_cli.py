@@ -61,3 +61,22 @@ def test_real_suite_eval_then_nothing_left(tmp_path):
     assert again["agents"][0]["run_uuid"] is None and again["mean_reward"] == out["mean_reward"]
     shown = json.loads(runner.invoke(app, ["leaderboard", "show", "--db", str(db), "--json"]).stdout)
     assert len(shown["rows"]) == 1 and shown["rows"][0]["score"]["episodes"] == 2
+
+
+def test_server_down_is_a_clear_error(tmp_path):
+    # nothing listens on this port (bound, then closed): every request is refused, retried, then reported
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    res = runner.invoke(app, ["eval", "--suite", str(suite), "--db", str(tmp_path / "lb.db"), "--base-url",
+                              f"http://127.0.0.1:{port}/v1", "--model", "m", "--api-key", "x"], terminal_width=300)
+    assert res.exit_code == 1, res.output
+    assert "run the same command again to resume" in res.output
+    from espl.leaderboard.store import Store
+
+    with Store(tmp_path / "lb.db") as store:
+        assert [r["status"] for r in store.runs()] == ["failed"] and store.counts()["episodes"] == 0
