@@ -24,7 +24,7 @@ import math
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -512,8 +512,6 @@ class Trainer:
     # -- step 4 in detail --
     def _update(self, trajectories: list[Trajectory], adv: np.ndarray, keep: np.ndarray) -> tuple[float, int]:
         """One Adam step on the kept groups' episodes; loss only on policy-generated tokens (mask == 1)."""
-        import torch
-
         M, B, N = adv.shape
         items = [(trajectories[(m * B + b) * N + n], float(adv[m, b, n]))
                  for m in range(M) for b in range(B) if keep[m, b] for n in range(N)]
