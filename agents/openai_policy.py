@@ -75,8 +75,13 @@ class OpenAIPolicy:
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         tools: Sequence[dict[str, Any]] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
+        """`seeds`: one request seed per conversation (the rollout passes each episode's own, so a request's
+        seed does not depend on the batch); default: derived from `params.seed` and the position."""
         convs = [list(c) for c in conversations]
+        if seeds is not None and len(seeds) != len(convs):
+            raise ValueError("seeds: must have one entry per conversation")
         if not convs:
             return []
         results: list[Completion | None] = [None] * len(convs)
@@ -84,7 +89,7 @@ class OpenAIPolicy:
 
         def work(i: int) -> None:
             try:
-                results[i] = self._one(convs[i], params, tools, i)
+                results[i] = self._one(convs[i], params, tools, i, None if seeds is None else int(seeds[i]))
             except Exception as exc:  # reported together below, with the finished ones kept
                 errors[i] = f"{type(exc).__name__}: {exc}"
 
@@ -100,13 +105,15 @@ class OpenAIPolicy:
 
     # ---- one request ------------------------------------------------------------------------------------
     def _request(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
-                 index: int) -> dict[str, Any]:
+                 index: int, seed: int | None = None) -> dict[str, Any]:
         messages = [_wire(m) for m in conv]
         req: dict[str, Any] = {
             "model": self.model, "messages": messages, "temperature": params.temperature,
             "top_p": params.top_p, "max_tokens": params.max_new_tokens,
         }
-        if params.seed is not None:
+        if seed is not None:
+            req["seed"] = seed % (2**31 - 1)
+        elif params.seed is not None:
             req["seed"] = (params.seed * 1_000_003 + index) % (2**31 - 1)
         if params.stop:
             req["stop"] = list(params.stop)
@@ -123,10 +130,10 @@ class OpenAIPolicy:
         return req
 
     def _one(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
-             index: int) -> Completion:
+             index: int, seed: int | None = None) -> Completion:
         import openai
 
-        req = self._request(conv, params, tools, index)
+        req = self._request(conv, params, tools, index, seed)
         retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                      openai.InternalServerError)
         for attempt in range(self.retries + 1):

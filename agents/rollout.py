@@ -22,7 +22,8 @@
   that and k. So an episode's trajectory does not depend on which other episodes share its batch, and
   splitting the episodes across workers (agents/distributed.py) gives what one local call gives, up to
   float rounding of batched matmuls. `params.seed=None` samples freshly. (Text backends without per-row
-  seeds get one seed per round.)
+  seeds get one seed per round.) OpenAI-compatible servers get the episode's seed in each request; whether
+  the server's sampling then ignores its own batching is up to the server.
 - A backend failure (after the backend's own retries) raises `RolloutError` carrying the trajectories that
   finished before it.
 """
@@ -258,6 +259,16 @@ def rollout(
     return [done[i] for i in range(len(episodes))]
 
 
+def _takes_seeds(policy: Policy) -> bool:
+    """Whether `policy.generate` accepts per-conversation `seeds` (HF, vLLM and OpenAI backends do)."""
+    import inspect
+
+    try:
+        return "seeds" in inspect.signature(policy.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_exact: bool,
               st: RolloutStats) -> list[Completion]:
     t0 = time.perf_counter()
@@ -274,7 +285,11 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
             groups.setdefault(repr(lv.tools), []).append(i)
         for members in groups.values():
             tools = live[members[0]].tools
-            got = policy.generate([live[i].history for i in members], params, tools=tools)
+            if _takes_seeds(policy):  # per episode and turn, as above: independent of the batch
+                got = policy.generate([live[i].history for i in members], params, tools=tools,  # type: ignore[call-arg]
+                                      seeds=[mix_seed(live[i].episode.sample_seed, live[i].turns) for i in members])
+            else:
+                got = policy.generate([live[i].history for i in members], params, tools=tools)
             for i, c in zip(members, got):
                 comps_by_index[i] = c
         comps = [comps_by_index[i] for i in range(len(live))]

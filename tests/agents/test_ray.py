@@ -193,3 +193,19 @@ def test_eval_cli_on_ray_equals_local(ray_cluster, tmp_path):
     assert [(t["token_ids"], t["reward"], t["reason"]) for t in runs["ray"]] == \
         [(t["token_ids"], t["reward"], t["reason"]) for t in runs["local"]]
     assert ray_cluster.is_initialized()  # the CLI used the running cluster and left it running
+
+
+@pytest.mark.slow
+def test_openai_backend_on_ray_equals_local(ray_cluster, llama_server):
+    """Workers with an OpenAIPolicy each talk to the same llama.cpp server (127.0.0.1); every request carries
+    its episode's own seed, so splitting the episodes between workers does not change the replies."""
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+    from espl.agents.openai_policy import OpenAIPolicy
+
+    eps = episodes(4)
+    local = rollout(ENV, OpenAIPolicy(llama_server, "smollm2"), eps, PARAMS)
+    with RayRollout(WorkerPolicy.openai(base_url=llama_server, model="smollm2"), num_workers=2) as rr:
+        remote = rr.rollout(ENV, None, eps, PARAMS)
+        assert len(set(rr.last.worker_pids.values())) == 2
+    assert [(t.messages, t.reward, t.reason) for t in remote] == [(t.messages, t.reward, t.reason) for t in local]
+    assert len({t.messages[-1]["content"] for t in local}) > 1  # real sampling, not one reply four times
