@@ -46,7 +46,7 @@ from espl.types import SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["hf", "openai"]
+Backend = Literal["hf", "openai", "vllm"]
 
 
 def _build_hf(kwargs: Mapping[str, Any]) -> Policy:
@@ -61,7 +61,35 @@ def _build_openai(kwargs: Mapping[str, Any]) -> Policy:
     return OpenAIPolicy(**kwargs)
 
 
-_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Policy]] = {"hf": _build_hf, "openai": _build_openai}
+def _build_vllm(kwargs: Mapping[str, Any]) -> Policy:
+    from espl.agents.vllm_policy import VLLMPolicy
+
+    return VLLMPolicy(**kwargs)
+
+
+_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Policy]] = {"hf": _build_hf, "openai": _build_openai,
+                                                               "vllm": _build_vllm}
+
+
+def write_peft_adapter(directory: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """Write a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) from a LoRA config
+    dict and a PEFT state dict: what engines that load adapters from disk (vLLM) take."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "adapter_config.json").write_text(json.dumps(dict(config), default=_jsonable, indent=1))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "adapter_model.safetensors"))
+    return str(d)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (set, frozenset, tuple)):
+        return sorted(x) if isinstance(x, (set, frozenset)) else list(x)
+    return str(x)
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,12 @@ class WorkerPolicy:
     def hf(cls, model: str | None = None, **kwargs: Any) -> "WorkerPolicy":
         """An `HFPolicy(model, **kwargs)` on each worker (e.g. `lora=LoraSettings(...)`, `device="cuda"`)."""
         return cls("hf", {"model": model, **kwargs} if model is not None else dict(kwargs))
+
+    @classmethod
+    def vllm(cls, model: str | None = None, **kwargs: Any) -> "WorkerPolicy":
+        """A `VLLMPolicy(model, **kwargs)` on each worker (its own GPU: `gpus_per_worker=1`); the driver's
+        LoRA adapter reaches it as a PEFT directory written on the worker (`load_adapter`)."""
+        return cls("vllm", {"model": model, **kwargs} if model is not None else dict(kwargs))
 
     @classmethod
     def openai(cls, **kwargs: Any) -> "WorkerPolicy":
@@ -162,10 +196,22 @@ class RolloutWorker:
         return self.adapter_version
 
     def load_adapter(self, adapter: dict[str, Any]) -> int:
-        """Load LoRA weights ({"version": int, "state": peft state dict}) into this worker's policy."""
+        """Load LoRA weights ({"version": int, "state": peft state dict, "config": LoRA config dict}) into
+        this worker's policy: in place for a PEFT model (HFPolicy), through a PEFT directory for engines
+        that load adapters from disk (VLLMPolicy.load_adapter)."""
         from peft import set_peft_model_state_dict
 
         model = getattr(self.policy, "model", None)
+        if (model is None or not hasattr(model, "peft_config")) and hasattr(self.policy, "load_adapter"):
+            import tempfile
+
+            if not hasattr(self, "_adapter_root"):
+                self._adapter_root = tempfile.mkdtemp(prefix="espl-ray-adapter-")
+            path = write_peft_adapter(os.path.join(self._adapter_root, f"v{adapter['version']}"),
+                                      adapter["config"], adapter["state"])
+            self.policy.load_adapter(path)
+            self.adapter_version = int(adapter["version"])
+            return self.adapter_version
         if model is None or not hasattr(model, "peft_config"):
             raise ValueError("adapter: this worker's policy has no LoRA adapter; build it with lora=LoraSettings(...) "
                              "matching the driver's")
@@ -288,12 +334,14 @@ class RayRollout:
         """How many adapter pushes this RayRollout made (0: none yet)."""
         return self._adapter_version
 
-    def sync_weights(self, state_dict: Mapping[str, Any]) -> None:
+    def sync_weights(self, state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> None:
         """Push LoRA adapter weights (a PEFT state dict, `get_peft_model_state_dict(model)`) to every worker;
-        workers started later (replacements) load them too."""
+        workers started later (replacements) load them too. `config` (the LoRA config as a dict) is needed
+        by workers that load adapters from disk (vLLM)."""
         self._adapter_version += 1
         state = {k: v.detach().to("cpu") for k, v in state_dict.items()}
-        self._adapter_ref = self._ray.put({"version": self._adapter_version, "state": state})
+        self._adapter_ref = self._ray.put({"version": self._adapter_version, "state": state,
+                                           "config": dict(config) if config is not None else None})
         self._ray.get([a.load_adapter.remote(self._adapter_ref) for a in self._actors])
 
     def _sync_from(self, policy: Any) -> None:
@@ -302,7 +350,7 @@ class RayRollout:
             return
         from peft import get_peft_model_state_dict
 
-        self.sync_weights(get_peft_model_state_dict(model))
+        self.sync_weights(get_peft_model_state_dict(model), next(iter(model.peft_config.values())).to_dict())
 
     # ---- the rollout -------------------------------------------------------------------------------------
     def rollout(

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -287,8 +287,7 @@ def bench_train(rep: Report, clock: Clock, model, mname: str, batches: list[int]
                 train_tokens_per_s=round(bs * seq / med, 1), peak_gib=None if peak is None else round(peak, 2),
                 reps=[round(t, 4) for t in ts])
     # leave the base model as it was for the next section
-    pm.unload()
-    del opt, params, pm
+    pm.unload()  # the optimizer and the adapter go with this frame
     return times
 
 

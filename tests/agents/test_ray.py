@@ -209,3 +209,32 @@ def test_openai_backend_on_ray_equals_local(ray_cluster, llama_server):
         assert len(set(rr.last.worker_pids.values())) == 2
     assert [(t.messages, t.reward, t.reason) for t in remote] == [(t.messages, t.reward, t.reason) for t in local]
     assert len({t.messages[-1]["content"] for t in local}) > 1  # real sampling, not one reply four times
+
+
+def test_adapter_directory_for_disk_loading_engines_is_a_valid_peft_adapter(tmp_path):
+    """What a vLLM worker gets: a PEFT directory written from the pushed state + config; PEFT itself loads
+    it back into the base model and gives the driver's outputs."""
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from espl.agents.distributed import write_peft_adapter
+    from espl.agents.hf import HFPolicy, LoraSettings
+    from espl.agents.models import load_model
+
+    policy = HFPolicy("smollm2-135m", lora=LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    cfg = next(iter(policy.model.peft_config.values())).to_dict()
+    path = write_peft_adapter(tmp_path / "v1", cfg, get_peft_model_state_dict(policy.model))
+    base, _ = load_model("smollm2-135m")
+    loaded = PeftModel.from_pretrained(base, path)
+    ids = torch.tensor([[1, 504, 3400, 314, 253, 2830]])
+    with torch.no_grad():
+        want = policy.model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    with torch.no_grad(), loaded.disable_adapter():
+        assert not torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-3)  # the adapter matters
