@@ -146,7 +146,7 @@ def main() -> None:
         ref = policy.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
                                     eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
         same += list(c.token_ids) == [int(t) for t in ref][: len(c.token_ids)]
-    print(f"greedy check: {same}/4 rows token-identical to model.generate", flush=True)
+    print(f"greedy check: {same}/{len(chk)} rows token-identical to model.generate", flush=True)
 
     # warm-up: first calls pay one-off costs (kernels, env construction)
     policy.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2, seed=0))
