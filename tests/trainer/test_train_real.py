@@ -135,7 +135,7 @@ def comparable(trainer: Trainer) -> tuple:
 
 
 def test_resume_is_exact(tmp_path):
-    cfg = tiny()
+    cfg = tiny(batch_problems=1, rollouts_per_pair=3, max_new_tokens=8)
     full = Trainer(cfg, tmp_path / "full", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
     full.train(4)
     first = Trainer(cfg, tmp_path / "split", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
