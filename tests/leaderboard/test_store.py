@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sqlite3
 
 import pytest
+
+from tests.conftest import require
 
 from espl.leaderboard.store import (
     APPLICATION_ID, AgentSpec, EpisodeRecord, Store, StoreError, default_db_path,
@@ -209,10 +212,16 @@ def test_read_only_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"")  # an empty file is ours to initialise, but this one cannot be written
     path.chmod(0o444)
     tmp_path.chmod(0o555)
+    immutable = False
     try:
-        if os.access(path, os.W_OK):
-            pytest.skip("running as a user that can write read-only files (root)")
+        if os.access(path, os.W_OK):  # root writes read-only files: make the file immutable instead
+            tmp_path.chmod(0o755)
+            res = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+            require(res.returncode == 0, "chattr +i (a file root cannot write)")
+            immutable = True
         with pytest.raises(StoreError, match="cannot write"):
             Store(path)
     finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
         tmp_path.chmod(0o755)
