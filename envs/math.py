@@ -507,8 +507,9 @@ class MathCompetitionEnv(AnswerCheckedEnv):
     ):
         super().__init__(split=split, answer_format=answer_format, format_bonus=format_bonus,
                          max_attempts=max_attempts, attempt_penalty=attempt_penalty, render_mode=render_mode)
-        in_train = {pid: _stable_unit("espl-champ-split", pid) < CHAMP_TRAIN_FRACTION for pid, _, _ in load_champ()}
-        problems = [p for p in load_champ() if in_train[p[0]] == (split == "train")]
+        want_train = split == "train"
+        problems = [p for p in load_champ()
+                    if (_stable_unit("espl-champ-split", p[0]) < CHAMP_TRAIN_FRACTION) == want_train]
         # a fixed shuffle, so consecutive seeds do not walk one category
         self.problems = sorted(problems, key=lambda p: _stable_unit("espl-champ-order", p[0]))
 
