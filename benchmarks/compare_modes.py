@@ -56,6 +56,44 @@ def evaluate(trainer, principles, problems: int, samples: int) -> list[float]:
     return [1.0 if t.reason == "correct" else 0.0 for t in trainer._rollout(episodes, params, split="test")]
 
 
+def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
+    """Train one (mode, seed) run, evaluate it with its deploy prompt and with no prompt; the result row."""
+    from espl.trainer.espl import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_sources(None, args.overrides, mode=mode, seed=seed, model=args.model, env=args.env)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, args.out / f"{mode}-s{seed}", resume=True)
+    trainer.train(args.steps - trainer.step_count)
+    t_train = time.perf_counter() - t0
+    best = trainer.pool.best("exploit") if mode != "rl" else trainer.pool.records[0]
+    newest = trainer.pool.records[-1]
+    cache: dict[tuple, list[float]] = {}
+
+    def acc_of(principles) -> list[float]:
+        key = tuple(principles)
+        if key not in cache:
+            cache[key] = evaluate(trainer, key, args.test_problems, args.samples)
+        return cache[key]
+
+    with_prompt, newest_out, no_prompt = acc_of(best.principles), acc_of(newest.principles), acc_of(())
+    return {
+        "mode": mode, "seed": seed, "steps": args.steps, "model": args.model, "env": args.env,
+        "device": cfg.device, "dtype": cfg.dtype,
+        "episodes_per_step": cfg.batch_problems * cfg.prompts_per_step * cfg.rollouts_per_pair,
+        "deploy_prompt_id": best.id, "deploy_principles": list(best.principles),
+        "deploy_mu": best.mu, "deploy_sigma": best.sigma,
+        "newest_prompt_id": newest.id, "newest_principles": list(newest.principles),
+        "acc": statistics.mean(with_prompt), "acc_ci": wilson(sum(with_prompt), len(with_prompt)),
+        "acc_newest": statistics.mean(newest_out), "acc_newest_ci": wilson(sum(newest_out), len(newest_out)),
+        "acc_no_prompt": statistics.mean(no_prompt), "acc_no_prompt_ci": wilson(sum(no_prompt), len(no_prompt)),
+        "paired_better": sum(a > b for a, b in zip(with_prompt, no_prompt)),
+        "paired_worse": sum(a < b for a, b in zip(with_prompt, no_prompt)),
+        "n_eval": len(with_prompt), "train_reward": [m.mean_reward for m in trainer.metrics],
+        "pool_size": len(trainer.pool), "seconds_train": t_train, "seconds": time.perf_counter() - t0,
+        "outcomes": with_prompt, "outcomes_newest": newest_out, "outcomes_no_prompt": no_prompt,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -66,44 +104,76 @@ def main() -> None:
     ap.add_argument("--test-problems", type=int, default=64)
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig key=value")
-    ap.add_argument("--out", type=Path, default=Path("runs/compare_modes"))
+    ap.add_argument("--out", type=Path, default=Path("runs/compare_modes"), help="run dirs (checkpoints) and reports")
+    ap.add_argument("--report-dir", type=Path, default=None, help="results.json, table.md, modes.png (default: --out)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (one GPU "
+                    "is shared; on a CPU keep 1)")
+    ap.add_argument("--report-only", action="store_true", help="only write table.md and modes.png from results.json")
+    ap.add_argument("--worker", nargs=2, metavar=("MODE", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    from espl.trainer.espl import TrainConfig, Trainer
-
+    report = args.report_dir or args.out
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.json"
+    report.mkdir(parents=True, exist_ok=True)
+
+    if args.worker:  # one run in its own process (--jobs > 1): its row goes to RUN_DIR/result.json
+        mode, seed = args.worker[0], int(args.worker[1])
+        row = run_one(args, mode, seed)
+        (args.out / f"{mode}-s{seed}" / "result.json").write_text(json.dumps(row))
+        return
+
+    results_path = report / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = {(r["mode"], r["seed"]) for r in results}
-    for seed in args.seeds:
-        for mode in args.modes:
-            if (mode, seed) in done:
-                continue
-            cfg = TrainConfig.from_sources(None, args.overrides, mode=mode, seed=seed, model=args.model, env=args.env)
-            t0 = time.perf_counter()
-            trainer = Trainer(cfg, args.out / f"{mode}-s{seed}", resume=True)
-            trainer.train(args.steps)
-            deploy = trainer.pool.best("exploit") if mode != "rl" else trainer.pool.records[0]
-            with_prompt = evaluate(trainer, deploy.principles, args.test_problems, args.samples)
-            no_prompt = with_prompt if not deploy.principles else evaluate(trainer, (), args.test_problems, args.samples)
-            row = {
-                "mode": mode, "seed": seed, "steps": args.steps, "model": args.model, "env": args.env,
-                "episodes_per_step": cfg.batch_problems * cfg.prompts_per_step * cfg.rollouts_per_pair,
-                "deploy_prompt_id": deploy.id, "deploy_principles": list(deploy.principles),
-                "acc": statistics.mean(with_prompt), "acc_ci": wilson(sum(with_prompt), len(with_prompt)),
-                "acc_no_prompt": statistics.mean(no_prompt), "acc_no_prompt_ci": wilson(sum(no_prompt), len(no_prompt)),
-                "paired_better": sum(a > b for a, b in zip(with_prompt, no_prompt)),
-                "paired_worse": sum(a < b for a, b in zip(with_prompt, no_prompt)),
-                "n_eval": len(with_prompt), "train_reward": [m.mean_reward for m in trainer.metrics],
-                "pool_size": len(trainer.pool), "seconds": time.perf_counter() - t0,
-            }
-            results.append(row)
-            results_path.write_text(json.dumps(results, indent=1))
-            print(f"{mode:6s} seed {seed}: held-out acc {row['acc']:.3f} (no prompt {row['acc_no_prompt']:.3f}) "
-                  f"deploy #{deploy.id} {list(deploy.principles)[:3]}  {row['seconds']:.0f}s", flush=True)
+    todo = [] if args.report_only else [(mode, seed) for seed in args.seeds for mode in args.modes if (mode, seed) not in done]
 
-    lines = ["| mode | seeds | held-out acc (mean) | 95% CI over seeds | per-seed acc [Wilson 95%] | no prompt, same weights | prompt better/worse (paired) |",
-             "|---|---|---|---|---|---|---|"]
+    def record(row: dict) -> None:
+        results.append(row)
+        results_path.write_text(json.dumps(results, indent=1))
+        print(f"{row['mode']:6s} seed {row['seed']}: held-out acc {row['acc']:.3f} (no prompt {row['acc_no_prompt']:.3f}) "
+              f"deploy #{row['deploy_prompt_id']} {row['deploy_principles'][:3]}  train {row['seconds_train']:.0f}s "
+              f"total {row['seconds']:.0f}s", flush=True)
+
+    if args.jobs <= 1:
+        for mode, seed in todo:
+            record(run_one(args, mode, seed))
+    elif todo:
+        import subprocess
+        import sys
+
+        from espl.agents.models import load_model
+
+        load_model(args.model)  # builds the float-weight cache once, before the workers all need it
+        argv = [sys.executable, __file__, "--model", args.model, "--env", args.env, "--steps", str(args.steps),
+                "--test-problems", str(args.test_problems), "--samples", str(args.samples), "--out", str(args.out)]
+        for o in args.overrides:
+            argv += ["--set", o]
+        import os
+
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
+        pending, running = list(todo), {}
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                mode, seed = pending.pop(0)
+                run_dir = args.out / f"{mode}-s{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log_file = open(run_dir / "worker.log", "w")
+                running[(mode, seed)] = (subprocess.Popen(argv + ["--worker", mode, str(seed)], stdout=log_file,
+                                                          stderr=subprocess.STDOUT, env=env), log_file)
+            time.sleep(2)
+            for key, (proc, log_file) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log_file.close()
+                del running[key]
+                result = args.out / f"{key[0]}-s{key[1]}" / "result.json"
+                if proc.returncode == 0 and result.is_file():
+                    record(json.loads(result.read_text()))
+                else:
+                    tail = (args.out / f"{key[0]}-s{key[1]}" / "worker.log").read_text()[-3000:]
+                    print(f"{key[0]} seed {key[1]}: worker failed (exit {proc.returncode})\n{tail}", flush=True)
+
+    lines = ["| mode | seeds | held-out acc, best prompt (μ−2σ) | 95% CI over seeds | per-seed acc [Wilson 95%] | newest prompt | no prompt, same weights | best prompt better/worse than none (paired) |",
+             "|---|---|---|---|---|---|---|---|"]
     summary = {}
     for mode in args.modes:
         rows = [r for r in results if r["mode"] == mode]
@@ -115,9 +185,22 @@ def main() -> None:
         per_seed = "; ".join(f"s{r['seed']} {r['acc']:.3f} [{r['acc_ci'][0]:.2f}, {r['acc_ci'][1]:.2f}]" for r in rows)
         nop = statistics.mean(r["acc_no_prompt"] for r in rows)
         better, worse = sum(r["paired_better"] for r in rows), sum(r["paired_worse"] for r in rows)
-        lines.append(f"| {mode} | {len(rows)} | {statistics.mean(accs):.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {nop:.3f} | {better}/{worse} |")
+        newest = statistics.mean(r.get("acc_newest", r["acc"]) for r in rows)
+        lines.append(f"| {mode} | {len(rows)} | {statistics.mean(accs):.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {newest:.3f} | {nop:.3f} | {better}/{worse} |")
+    lines += ["", "| pair | seeds | mean difference | 95% CI over seeds | problems won/lost (paired, pooled) |", "|---|---|---|---|---|"]
+    by_key = {(r["mode"], r["seed"]): r for r in results}
+    for i, a in enumerate(args.modes):
+        for b in args.modes[i + 1:]:
+            seeds = [sd for sd in args.seeds if (a, sd) in by_key and (b, sd) in by_key]
+            if not seeds:
+                continue
+            diffs = [by_key[(a, sd)]["acc"] - by_key[(b, sd)]["acc"] for sd in seeds]
+            won = sum(x > y for sd in seeds for x, y in zip(by_key[(a, sd)]["outcomes"], by_key[(b, sd)]["outcomes"]))
+            lost = sum(x < y for sd in seeds for x, y in zip(by_key[(a, sd)]["outcomes"], by_key[(b, sd)]["outcomes"]))
+            lo, hi = seed_ci(diffs)
+            lines.append(f"| {a} − {b} | {len(seeds)} | {statistics.mean(diffs):+.3f} | [{lo:+.3f}, {hi:+.3f}] | {won}/{lost} |")
     table = "\n".join(lines)
-    (args.out / "table.md").write_text(table + "\n")
+    (report / "table.md").write_text(table + "\n")
     print(table)
 
     import matplotlib
@@ -135,8 +218,8 @@ def main() -> None:
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"{args.model} on {args.env}: {args.steps} steps, seeds {args.seeds}")
     fig.tight_layout()
-    fig.savefig(args.out / "modes.png", dpi=110)
-    print(f"wrote {args.out / 'table.md'}, {args.out / 'modes.png'}, {results_path}")
+    fig.savefig(report / "modes.png", dpi=110)
+    print(f"wrote {report / 'table.md'}, {report / 'modes.png'}, {results_path}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ _LITERALS = {
     "loss": tuple(LOSSES),
     "loss_reduction": ("sum", "mean"),
     "mutator": ("base", "policy", "endpoint"),
+    "dtype": ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
     "backend": ("local", "ray"),
 }
 
@@ -72,6 +73,9 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     model: str = "smollm2-135m"
     seed: int = 0
+    device: str = "cpu"  # where the policy (and the base-model mutator) run: "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # model weights: auto (float32), float32, bfloat16, float16
+    max_batch: int = 64  # sequences decoded at once (larger batches are split)
     train_problems: int = 256  # task indices 0..n-1 of the train split form the training set [ref: dataset_size 256]
     # ---- step 1: batch ----
     batch_problems: int = 2  # B [ref: 10]
@@ -143,7 +147,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_problems", "prompts_per_step", "choose_from_newest", "rollouts_per_pair", "max_new_tokens",
-                     "train_problems", "micro_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
+                     "train_problems", "micro_batch", "max_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
                      "ray_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
@@ -256,7 +260,8 @@ def build_policy(cfg: TrainConfig) -> Any:
 
     torch.manual_seed(derive_seed(cfg.seed, "lora-init"))  # LoRA A matrices are random: same seed, same start
 
-    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout),
+                    device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
 
 
 def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
@@ -271,7 +276,7 @@ def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
     else:
         from espl.agents.hf import HFPolicy
 
-        llm = HFPolicy(model=cfg.mutator_model or cfg.model)
+        llm = HFPolicy(model=cfg.mutator_model or cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
     return LLMMutator(llm, cfg.mutator_settings())
 
 

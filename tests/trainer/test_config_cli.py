@@ -24,6 +24,8 @@ def test_sources_layer_in_order(tmp_path):
     again = tmp_path / "again.toml"
     again.write_text(cfg.to_toml())
     assert TrainConfig.from_sources(again) == cfg
+    gpu = TrainConfig.from_sources(None, ["device=cuda:1", "dtype=bfloat16", "max_batch=128"])
+    assert (gpu.device, gpu.dtype, gpu.max_batch) == ("cuda:1", "bfloat16", 128)
 
 
 @pytest.mark.parametrize("override, match", [
@@ -33,6 +35,8 @@ def test_sources_layer_in_order(tmp_path):
     ("crossover_prob=2", "crossover_prob"),
     ("mutator=endpoint", "mutator_base_url"),
     ("nonsense", "expected key=value"),
+    ("max_batch=0", "max_batch: must be >= 1"),
+    ("dtype=fp8", "dtype: must be one of"),
 ])
 def test_bad_config_names_the_field(override, match):
     with pytest.raises(ValueError, match=match):
