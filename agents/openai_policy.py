@@ -69,6 +69,37 @@ class OpenAIPolicy:
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0)
         self.tokens_generated = 0  # completion tokens reported by the server, cumulative
         self._lock = threading.Lock()
+        self.owned_server: Any = None  # a server this policy started (agents/llamacpp.py): stopped by close()
+
+    def close(self) -> None:
+        if self.owned_server is not None:
+            self.owned_server.close()
+            self.owned_server = None
+
+    def generate_json(self, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+                      schemas: Sequence[dict]) -> list[str]:
+        """One reply per conversation, constrained by the server to its JSON schema (`response_format`
+        json_schema: llama.cpp, vLLM and OpenAI honour it). Used by the LLM mutator for its operations."""
+        if len(schemas) != len(conversations):
+            raise ValueError(f"schemas: one per conversation expected, got {len(schemas)} for {len(conversations)}")
+        formats = [{"type": "json_schema", "json_schema": {"name": "reply", "schema": dict(s), "strict": True}}
+                   for s in schemas]
+        texts: list[str | None] = [None] * len(conversations)
+        errors: list[str | None] = [None] * len(conversations)
+
+        def work(i: int) -> None:
+            try:
+                texts[i] = self._one(list(conversations[i]), params, None, i, response_format=formats[i]).text
+            except Exception as exc:  # reported together below
+                errors[i] = f"{type(exc).__name__}: {exc}"
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(formats)))) as pool:
+            list(pool.map(work, range(len(formats))))
+        failed = [i for i, e in enumerate(errors) if e is not None]
+        if failed:
+            raise GenerationError(f"{len(failed)} of {len(formats)} JSON requests to {self.base_url} failed "
+                                  f"(first: {errors[failed[0]]})", [None] * len(formats), errors)
+        return [t or "" for t in texts]
 
     def generate(
         self,
@@ -105,7 +136,7 @@ class OpenAIPolicy:
 
     # ---- one request ------------------------------------------------------------------------------------
     def _request(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
-                 index: int, seed: int | None = None) -> dict[str, Any]:
+                 index: int, seed: int | None = None, response_format: dict | None = None) -> dict[str, Any]:
         messages = [_wire(m) for m in conv]
         req: dict[str, Any] = {
             "model": self.model, "messages": messages, "temperature": params.temperature,
@@ -117,6 +148,8 @@ class OpenAIPolicy:
             req["seed"] = (params.seed * 1_000_003 + index) % (2**31 - 1)
         if params.stop:
             req["stop"] = list(params.stop)
+        if response_format is not None:
+            req["response_format"] = response_format
         if tools and self.tool_format == "native":
             req["tools"] = list(tools)
         elif tools:
@@ -130,10 +163,10 @@ class OpenAIPolicy:
         return req
 
     def _one(self, conv: list[Message], params: SamplingParams, tools: Sequence[dict] | None,
-             index: int, seed: int | None = None) -> Completion:
+             index: int, seed: int | None = None, response_format: dict | None = None) -> Completion:
         import openai
 
-        req = self._request(conv, params, tools, index, seed)
+        req = self._request(conv, params, tools, index, seed, response_format)
         retryable = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
                      openai.InternalServerError)
         for attempt in range(self.retries + 1):

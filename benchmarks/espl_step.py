@@ -5,7 +5,8 @@
     python benchmarks/espl_step.py --steps 4 --set max_new_tokens=64
 
 Part 1 (goal: E-SPL / RL <= 1.15x): three trainers on the same seed (so the same problems each step):
-`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`), and `espl` sequential.
+`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`), `espl` sequential, and
+`espl` whose mutator is the same frozen base model's GGUF in a llama.cpp server (`mutator=llamacpp`).
 Their steps are interleaved (rl, espl, espl-seq, rl, ...) so machine load drifts hit all alike; medians
 exclude the first (warm-up) step.
 
@@ -35,6 +36,8 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
         "rl": TrainConfig.from_sources(None, overrides, mode="rl"),
         "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True),
         "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=False),
+        "espl (llama.cpp)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
+                                                     mutator="llamacpp"),
     }
     trainers = {name: Trainer(cfg, None) for name, cfg in variants.items()}
     times: dict[str, dict[str, list[float]]] = {n: {"total": [], "rollout": [], "update": [], "mutation": []} for n in trainers}

@@ -48,7 +48,7 @@ from espl.types import SamplingParams, Trajectory
 log = logging.getLogger(__name__)
 
 Mode = Literal["espl", "rl", "evolve"]
-MutatorModel = Literal["base", "policy", "endpoint"]
+MutatorModel = Literal["base", "llamacpp", "policy", "endpoint"]
 
 _LITERALS = {
     "mode": ("espl", "rl", "evolve"),
@@ -57,7 +57,7 @@ _LITERALS = {
     "baseline": ("group", "marginalize"),
     "loss": tuple(LOSSES),
     "loss_reduction": ("sum", "mean"),
-    "mutator": ("base", "policy", "endpoint"),
+    "mutator": ("base", "llamacpp", "policy", "endpoint"),
     "dtype": ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
     "backend": ("local", "ray"),
 }
@@ -113,9 +113,12 @@ class TrainConfig:
     trueskill_draw_probability: float = 0.10
     tie_tolerance: float = 0.01
     # ---- step 6: mutation ----
-    mutator: Literal["base", "policy", "endpoint"] = "base"  # frozen base model [ref: evolution_sample_client "reference"]
+    # frozen base model [ref: evolution_sample_client "reference"]; llamacpp: the same frozen base model's GGUF
+    # served by llama.cpp on 127.0.0.1 (several times faster on a CPU, its own threads, JSON-schema decoding)
+    mutator: Literal["base", "llamacpp", "policy", "endpoint"] = "base"
     mutator_base_url: str = ""  # for mutator = "endpoint": an OpenAI-compatible server
-    mutator_model: str = ""  # endpoint model name (or another local model for "base"; empty = `model`)
+    mutator_model: str = ""  # endpoint model name (or another local model for "base"/"llamacpp"; empty = `model`)
+    mutator_threads: int = 1  # llamacpp: CPU threads of the llama.cpp server
     max_ops_per_problem: int = 2  # [ref: max_update_operations 2]
     max_principle_words: int = 32
     max_principles: int = 24
@@ -147,7 +150,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_problems", "prompts_per_step", "choose_from_newest", "rollouts_per_pair", "max_new_tokens",
-                     "train_problems", "micro_batch", "max_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
+                     "train_problems", "micro_batch", "max_batch", "mutator_threads", "max_pool_size", "lora_rank", "max_ops_per_problem",
                      "ray_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
@@ -265,14 +268,18 @@ def build_policy(cfg: TrainConfig) -> Any:
 
 
 def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
-    """The LLM mutator: the frozen base model (a separate copy, so it can run while the policy trains),
-    the current policy, or an OpenAI-compatible endpoint."""
+    """The LLM mutator: the frozen base model (a separate copy, so it can run while the policy trains: in torch,
+    or its GGUF in a llama.cpp server), the current policy, or an OpenAI-compatible endpoint."""
     if cfg.mutator == "policy":
         llm = policy
     elif cfg.mutator == "endpoint":
         from espl.agents.openai_policy import OpenAIPolicy
 
         llm = OpenAIPolicy(base_url=cfg.mutator_base_url, model=cfg.mutator_model or cfg.model)
+    elif cfg.mutator == "llamacpp":
+        from espl.agents.llamacpp import llamacpp_policy
+
+        llm = llamacpp_policy(cfg.mutator_model or cfg.model, threads=cfg.mutator_threads)
     else:
         from espl.agents.hf import HFPolicy
 
@@ -666,6 +673,8 @@ class Trainer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self.mutator is not None and hasattr(self.mutator, "close"):
+            self.mutator.close()
         if self._tb:
             self._tb.close()
 

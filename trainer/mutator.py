@@ -484,6 +484,11 @@ class LLMMutator:
         calls.extend(zip(prompts, replies))
         return replies
 
+    def close(self) -> None:
+        """Stops what the mutator's policy owns (e.g. the llama.cpp server of mutator = "llamacpp")."""
+        if hasattr(self.policy, "close"):
+            self.policy.close()
+
     @property
     def constrained(self) -> bool:
         return self._json is not None

@@ -173,3 +173,20 @@ def test_bad_arguments_are_named():
         OpenAIPolicy("localhost:8000", "m")
     with pytest.raises(ValueError, match="max_concurrency"):
         OpenAIPolicy("http://127.0.0.1:1/v1", "m", max_concurrency=0)
+
+
+def test_generate_json_follows_each_schema_on_llama_cpp(llama_server):
+    import jsonschema
+
+    schemas = [
+        {"type": "object", "properties": {"op": {"enum": ["add", "remove"]}, "text": {"type": "string", "maxLength": 30}},
+         "required": ["op", "text"], "additionalProperties": False},
+        {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3},
+    ]
+    pol = OpenAIPolicy(llama_server, "smollm2", max_concurrency=2)
+    replies = pol.generate_json([conv("Propose a rule for equations."), conv("Pick some numbers.")],
+                                SamplingParams(temperature=0.7, max_new_tokens=48, seed=2), schemas)
+    for reply, schema in zip(replies, schemas):
+        jsonschema.validate(json.loads(reply), schema)
+    with pytest.raises(ValueError, match="schemas: one per conversation"):
+        pol.generate_json([conv("x")], SHORT, schemas)

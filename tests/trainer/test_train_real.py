@@ -10,6 +10,7 @@ varies between rollouts of any model, so every step has groups with non-zero adv
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -189,3 +190,37 @@ def test_kill_9_during_a_step_then_resume(tmp_path):
     assert after[: len(kept)] == kept  # nothing before the killed step was lost or changed
     pool = json.loads((run / "pool.json").read_text())
     assert pool["prompts"] and all(isinstance(p["principles"], list) for p in pool["prompts"])
+
+
+def test_llamacpp_mutator_is_the_base_gguf_constrained_and_stops_with_the_trainer(tmp_path):
+    """mutator = "llamacpp": the frozen base model's GGUF behind a llama.cpp server on 127.0.0.1; its
+    operations are JSON-schema constrained by the server; closing the trainer stops the server."""
+    from tests.conftest import require
+
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
+    from espl.trainer.espl import build_mutator
+
+    cfg = tiny(mutator="llamacpp", rollouts_per_pair=4, max_new_tokens=12, mutator_summary_tokens=24,
+               mutator_critique_tokens=32, mutator_revision_tokens=48)
+    mutator = build_mutator(cfg, None)
+    assert mutator.constrained and mutator.policy.base_url.startswith("http://127.0.0.1:")
+    trainer = Trainer(cfg, tmp_path / "run", mutator=mutator)
+    m = trainer.step()
+    log = (tmp_path / "run" / "mutations.jsonl").read_text()
+    assert m.mutation == json.loads(log.splitlines()[-1])["reason"]
+    for rec in trainer.pool.records:
+        assert all(isinstance(p, str) and p.strip() and len(p.split()) <= cfg.max_principle_words for p in rec.principles)
+    url = mutator.policy.base_url
+    trainer.close()
+    assert mutator.policy.owned_server is None
+    import urllib.request
+
+    with pytest.raises(OSError):  # the server is gone
+        urllib.request.urlopen(url + "/models", timeout=5)
+
+
+def test_llamacpp_mutator_needs_a_gguf_model():
+    from espl.agents.llamacpp import llamacpp_policy
+
+    with pytest.raises(ValueError, match="model: 'org/some-model' is not a GGUF model"):
+        llamacpp_policy("org/some-model")
