@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import trueskill
@@ -224,3 +225,37 @@ def test_llamacpp_mutator_needs_a_gguf_model():
 
     with pytest.raises(ValueError, match="model: 'org/some-model' is not a GGUF model"):
         llamacpp_policy("org/some-model")
+
+
+def test_multi_turn_episodes_train_only_on_policy_tokens(tmp_path):
+    """Math-v0 with max_attempts=2: a wrong answer gets env feedback and a second turn. The loss counts exactly
+    the policy's own tokens of the kept groups; prompt and feedback tokens are masked out."""
+    from espl.agents.rollout import rollout
+    from espl.trainer.loss import advantages, kept_groups
+
+    captured = []
+
+    def capture(*args, **kwargs):
+        out = rollout(*args, **kwargs)
+        captured.extend(out)
+        return out
+
+    cfg = TrainConfig(mode="rl", env="espl/Math-v0", env_kwargs={"max_attempts": 2}, batch_problems=2,
+                      prompts_per_step=1, rollouts_per_pair=4, max_new_tokens=24, seed=1)
+    trainer = Trainer(cfg, None, rollout_fn=capture)
+    m = trainer.step()
+    trainer.close()
+    assert len(captured) == 8
+    two_turns = [t for t in captured if sum(msg["role"] == "assistant" for msg in t.messages) == 2]
+    assert two_turns, "no episode got a second turn"
+    tok = trainer.policy.tokenizer
+    for t in two_turns:
+        feedback = [msg["content"] for msg in t.messages if msg["role"] == "user"][-1]
+        generated = tok.decode([i for i, k in zip(t.token_ids, t.mask) if k])
+        assert feedback.strip()[:20] not in generated  # the env's feedback turn is not trained on
+        first_on, last_on = t.mask.index(1), len(t.mask) - 1 - t.mask[::-1].index(1)
+        assert 0 in t.mask[first_on:last_on]  # a masked gap between the two replies
+    rewards = np.array([t.reward for t in captured]).reshape(1, 2, 4)
+    keep = kept_groups(advantages(rewards, "group"))
+    expected = sum(sum(captured[b * 4 + n].mask[1:]) for b in range(2) if keep[0, b] for n in range(4))
+    assert m.loss_tokens == expected > 0
