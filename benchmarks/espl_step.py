@@ -5,7 +5,8 @@
     python benchmarks/espl_step.py --steps 4 --set max_new_tokens=64
 
 Part 1 (goal: E-SPL / RL <= 1.15x): three trainers on the same seed (so the same problems each step):
-`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`), `espl` sequential, and
+`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`) in 1 torch thread (the
+default `mutator_cpu_threads=1`) and in all, `espl` sequential, and
 `espl` whose mutator is the same frozen base model's GGUF in a llama.cpp server (`mutator=llamacpp`).
 Their steps are interleaved (rl, espl, espl-seq, rl, ...) so machine load drifts hit all alike; medians
 exclude the first (warm-up) step.
@@ -35,6 +36,8 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
     variants = {
         "rl": TrainConfig.from_sources(None, overrides, mode="rl"),
         "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True),
+        "espl (overlap, all threads)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
+                                                                mutator_cpu_threads=0),
         "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=False),
         "espl (llama.cpp)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
                                                      mutator="llamacpp"),
@@ -46,7 +49,7 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
             m = tr.step()
             for key in ("total", "rollout", "update", "mutation"):
                 times[name][key].append(getattr(m, f"time_{key}"))
-            print(f"  step {step} {name:18s} total {m.time_total:6.1f}s  rollout {m.time_rollout:6.1f}  update "
+            print(f"  step {step} {name:27s} total {m.time_total:6.1f}s  rollout {m.time_rollout:6.1f}  update "
                   f"{m.time_update:6.1f}  mutation {m.time_mutation:6.1f}  ({m.mutation})", flush=True)
     for tr in trainers.values():
         tr.close()
@@ -54,10 +57,15 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
     print(f"\nE-SPL vs RL, B={cfg.batch_problems} M={cfg.prompts_per_step} N={cfg.rollouts_per_pair} "
           f"max_new_tokens={cfg.max_new_tokens}, {steps} steps each (medians after the first):")
     base = median_after_warmup(times["rl"]["total"])
+    base_mean = statistics.mean(times["rl"]["total"][1:] or times["rl"]["total"])
     for name, t in times.items():
         med = {k: median_after_warmup(v) for k, v in t.items()}
-        print(f"  {name:18s} {med['total']:6.1f} s/step  ratio {med['total'] / base:5.2f}x  (rollout {med['rollout']:.1f}"
-              f" / update {med['update']:.1f} / mutation wait {med['mutation']:.1f})")
+        mean = statistics.mean(t["total"][1:] or t["total"])
+        print(f"  {name:27s} median {med['total']:6.1f} s/step  ratio {med['total'] / base:5.2f}x | mean {mean:6.1f} s "
+              f"ratio {mean / base_mean:5.2f}x  (median rollout {med['rollout']:.1f} / update {med['update']:.1f} / "
+              f"mutation wait {med['mutation']:.1f})")
+    print("  (steps without a mixed problem have no mutation: the mean counts the mutation steps' share, the median "
+          "may not)")
 
 
 def ours_vs_trl(steps: int) -> None:
