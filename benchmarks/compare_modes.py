@@ -208,15 +208,23 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
     for x, (mode, (mean, lo, hi, _)) in enumerate(summary.items()):
-        err = [[mean - lo], [hi - mean]] if not math.isnan(lo) else None
-        ax.bar(x, mean, yerr=err, capsize=6, color=["#4c72b0", "#dd8452", "#55a868"][x % 3])
-        for r in [r for r in results if r["mode"] == mode]:
-            ax.plot(x, r["acc"], "k.", alpha=0.7)
+        rows = [r for r in results if r["mode"] == mode]
+        err = [[mean - max(lo, 0.0)], [min(hi, 1.0) - mean]] if not math.isnan(lo) else None
+        ax.bar(x - 0.2, mean, width=0.4, yerr=err, capsize=5, color=colors[x % 3], label="best prompt" if x == 0 else None)
+        ax.bar(x + 0.2, statistics.mean(r["acc_no_prompt"] for r in rows), width=0.4, color=colors[x % 3], alpha=0.45,
+               hatch="//", label="no prompt, same weights" if x == 0 else None)
+        for r in rows:
+            ax.plot(x - 0.2, r["acc"], "k.", alpha=0.7)
+            ax.plot(x + 0.2, r["acc_no_prompt"], "k.", alpha=0.7)
     ax.set_xticks(range(len(summary)), list(summary))
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"{args.model} on {args.env}: {args.steps} steps, seeds {args.seeds}")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out accuracy (95% CI over seeds, clipped)")
+    ax.legend(loc="upper right", fontsize=8)
+    seeds = sorted({r["seed"] for r in results})
+    ax.set_title(f"{Path(args.model).name} on {args.env}: {args.steps} steps, seeds {seeds}", fontsize=10)
     fig.tight_layout()
     fig.savefig(report / "modes.png", dpi=110)
     print(f"wrote {report / 'table.md'}, {report / 'modes.png'}, {results_path}")
