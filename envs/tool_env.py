@@ -113,7 +113,7 @@ class ToolEnv(MultiTurnEnv):
         self._counts["tool_errors"] += 1
 
     def evaluate(self, reply: Message, task: Task, turn: int) -> Outcome:
-        calls, parse_errors = message_tool_calls(reply, id_prefix=f"call_{turn}_")
+        calls, parse_errors = message_tool_calls(reply, id_prefix=f"call_{turn}_", tool_names=self.tool_names)
         if not calls and not parse_errors:
             reward, reason, extra = self.grade_answer(reply.get("content") or "", task)
             return Outcome(reward, reason, done=True, info={**self._counted_info(), **extra})

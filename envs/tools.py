@@ -6,7 +6,8 @@
 - `parse_tool_calls(text)`: Hermes/Qwen-native `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
   blocks -> OpenAI-format `ToolCall` dicts, plus one error string per malformed block. Tolerant of
   whitespace, ```json fences, a missing final `</tool_call>` (generation stopped at it) and a JSON *list* of
-  calls inside one block (the format SmolLM2 was tuned on).
+  calls inside one block (the format SmolLM2 was tuned on). Given the env's tool names, a reply that opens
+  with bare JSON calls of those tools, untagged (Qwen2.5-Coder-0.5B writes them so), counts too.
 - `message_tool_calls(msg)`: native OpenAI `tool_calls` on a message are taken as they are; otherwise the
   calls are parsed from its text.
 - `hermes_tools_prompt(tools)`: the documented fallback for models whose chat template ignores `tools=`
@@ -21,7 +22,7 @@ import inspect
 import json
 import re
 import types
-from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Collection, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 from espl.types import Message, ToolCall
 
@@ -221,15 +222,46 @@ def _call_from_obj(obj: Any, call_id: str) -> ToolCall:
     return make_tool_call(name, args, call_id)
 
 
-def parse_tool_calls(text: str, id_prefix: str = "call_") -> tuple[list[ToolCall], list[str]]:
+def _bare_calls(text: str, tool_names: Collection[str], id_prefix: str) -> list[ToolCall]:
+    """Calls written as bare JSON at the start of a reply, without the tags: `{"name": "calculator",
+    "arguments": {...}}` (Qwen2.5-Coder-0.5B does this), several separated by commas or newlines, or a JSON
+    list of them. Only objects naming a known tool count; the first thing that is not one ends the calls
+    (a model often invents the tool's answer after its call)."""
+    body = _FENCE.sub("", text).strip()
+    calls: list[ToolCall] = []
+    decoder, i = json.JSONDecoder(), 0
+    while i < len(body) and body[i] in "{[":
+        try:
+            obj, i = decoder.raw_decode(body, i)
+        except json.JSONDecodeError:
+            break
+        items = obj if isinstance(obj, list) else [obj]
+        named = [o for o in items if isinstance(o, dict) and isinstance(o.get("function", o), dict)
+                 and (o.get("function") or o).get("name") in tool_names]
+        if not named or len(named) != len(items):
+            break
+        for o in named:
+            try:
+                calls.append(_call_from_obj(o, f"{id_prefix}{len(calls)}"))
+            except ValueError:
+                return calls
+        while i < len(body) and body[i] in " \t\r\n,":
+            i += 1
+    return calls
+
+
+def parse_tool_calls(text: str, id_prefix: str = "call_", tool_names: Collection[str] = ()) -> tuple[list[ToolCall], list[str]]:
     """Every `<tool_call>` block of a reply as OpenAI ToolCalls (ids `{id_prefix}0`, `{id_prefix}1`, ...), and
     one error string per block that could not be read ("tool call 2: invalid JSON: ...").
 
-    Text with no `<tool_call>` tag gives `([], [])`: the reply is a final answer, not a malformed call.
+    Text with no `<tool_call>` tag gives `([], [])` (the reply is a final answer, not a malformed call), unless
+    `tool_names` is given and the reply opens with bare JSON calls of those tools (see `_bare_calls`).
     """
     calls: list[ToolCall] = []
     errors: list[str] = []
     n = 0
+    if tool_names and "<tool_call>" not in (text or ""):
+        return _bare_calls(text or "", set(tool_names), id_prefix), []
     for block in _BLOCK.finditer(text or ""):
         try:
             obj = _decode_block(block.group(1))
@@ -248,9 +280,9 @@ def parse_tool_calls(text: str, id_prefix: str = "call_") -> tuple[list[ToolCall
     return calls, errors
 
 
-def message_tool_calls(msg: Message, id_prefix: str = "call_") -> tuple[list[ToolCall], list[str]]:
+def message_tool_calls(msg: Message, id_prefix: str = "call_", tool_names: Collection[str] = ()) -> tuple[list[ToolCall], list[str]]:
     """The tool calls of an assistant message: its native OpenAI `tool_calls` as they are when present,
-    else those parsed from its text."""
+    else those parsed from its text (bare JSON calls too when `tool_names` is given)."""
     native = msg.get("tool_calls")
     if native:
         calls, errors = [], []
@@ -261,7 +293,7 @@ def message_tool_calls(msg: Message, id_prefix: str = "call_") -> tuple[list[Too
                 continue
             calls.append(call)
         return calls, errors
-    return parse_tool_calls(msg.get("content") or "", id_prefix)
+    return parse_tool_calls(msg.get("content") or "", id_prefix, tool_names)
 
 
 def call_arguments(call: ToolCall) -> dict[str, Any]:

@@ -213,6 +213,38 @@ def test_text_without_calls_is_not_an_error():
     assert parse_tool_calls("") == ([], [])
 
 
+@pytest.mark.parametrize("text, names", [
+    # what Qwen2.5-Coder-0.5B wrote on ToolMath-v0: an untagged call, then an invented result
+    ('{"name": "add", "arguments": {"a": 19, "b": 38}}, {"return": "57"}', ["add"]),
+    ('```json\n{"name": "add", "arguments": {"a": 1}}\n```', ["add"]),
+    ('[{"name": "add", "arguments": {"a": 1}}, {"name": "shout", "arguments": {"text": "x", "times": 1}}]', ["add", "shout"]),
+    ('{"name": "add", "arguments": {"a": 1}}\n{"name": "shout", "arguments": {"text": "x", "times": 1}}', ["add", "shout"]),
+])
+def test_bare_json_calls_of_known_tools(text, names):
+    calls, errors = parse_tool_calls(text, tool_names=["add", "shout"])
+    assert errors == [] and [c["function"]["name"] for c in calls] == names
+    assert [c["id"] for c in calls] == [f"call_{i}" for i in range(len(names))]
+    assert parse_tool_calls(text) == ([], [])  # without tool names: tags only
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "delete_everything", "arguments": {}}',  # not a tool of this env
+    '{"answer": 42}',
+    'Answer: {"name": "add", "arguments": {"a": 1}}',  # prose first: a final answer that quotes a call
+    '{"name": "add", "arguments": {"a": 1}',  # broken JSON
+    "",
+])
+def test_bare_json_that_is_not_a_known_call_is_a_final_answer(text):
+    assert parse_tool_calls(text, tool_names=["add", "shout"]) == ([], [])
+
+
+def test_tool_env_runs_bare_json_calls():
+    env = AddEnv(max_turns=4)
+    env.reset(seed=5)
+    obs, reward, term, trunc, info = env.step('{"name": "add", "arguments": {"a": 5, "b": 6}}')
+    assert obs == [{"role": "tool", "tool_call_id": "call_1_0", "name": "add", "content": "11"}] and not term
+
+
 def test_native_tool_calls_are_taken_as_they_are():
     native = [{"id": "abc", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]
     msg = {"role": "assistant", "content": call_text("shout", {"text": "x", "times": 1}), "tool_calls": native}
