@@ -1,0 +1,51 @@
+"""benchmarks/compare_modes.py: its statistics and its report, from rows of the shape its runs write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_modes.py"
+
+
+@pytest.fixture(scope="module")
+def cm():
+    spec = importlib.util.spec_from_file_location("compare_modes", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_wilson_and_seed_intervals(cm):
+    lo, hi = cm.wilson(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))  # textbook values
+    assert cm.wilson(0, 20)[0] == pytest.approx(0.0, abs=1e-12) and cm.wilson(0, 20)[1] > 0
+    lo, hi = cm.seed_ci([0.5, 0.6, 0.7])  # mean 0.6, s 0.1, t(0.975, 2) = 4.303
+    assert (lo, hi) == (pytest.approx(0.6 - 4.303 * 0.1 / 3**0.5), pytest.approx(0.6 + 4.303 * 0.1 / 3**0.5))
+
+
+def row(mode, seed, outcomes, no_prompt):
+    acc = sum(outcomes) / len(outcomes)
+    return {"mode": mode, "seed": seed, "acc": acc, "acc_ci": [0, 1], "acc_newest": acc,
+            "acc_no_prompt": sum(no_prompt) / len(no_prompt), "outcomes": outcomes, "outcomes_no_prompt": no_prompt,
+            "paired_better": sum(a > b for a, b in zip(outcomes, no_prompt)),
+            "paired_worse": sum(a < b for a, b in zip(outcomes, no_prompt))}
+
+
+def test_report_only_writes_the_table_with_paired_counts(tmp_path):
+    rows = [row("espl", 0, [1, 1, 0, 0], [1, 0, 0, 0]), row("espl", 1, [1, 0, 1, 0], [1, 0, 1, 0]),
+            row("rl", 0, [0, 1, 0, 0], [0, 1, 0, 0]), row("rl", 1, [1, 1, 1, 0], [1, 1, 1, 0])]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    out = subprocess.run([sys.executable, str(SCRIPT), "--report-only", "--modes", "espl", "rl", "--seeds", "0", "1",
+                          "--out", str(tmp_path), "--model", "m"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    table = (tmp_path / "table.md").read_text()
+    assert "| espl | 2 | 0.500 |" in table and "| rl | 2 | 0.500 |" in table
+    # espl - rl, task by task: seed 0 wins task 0; seed 1 loses task 1 -> 1 won / 1 lost, mean difference 0
+    assert "| espl − rl | 2 | +0.000 |" in table and table.rstrip().endswith("| 1/1 |")
+    assert (tmp_path / "modes.png").stat().st_size > 1000
