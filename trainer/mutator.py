@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import jsonschema
 
+from espl.agents.errors import GenerationError
 from espl.agents.policy import Policy
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
@@ -480,7 +481,17 @@ class LLMMutator:
         if self._json is None:
             return self._chat(prompts, max_new_tokens, seed, calls)
         convs = [[{"role": "user", "content": p}] for p in prompts]
-        replies = self._json(convs, self._params(max_new_tokens, seed), list(schemas))
+        try:
+            replies = self._json(convs, self._params(max_new_tokens, seed), list(schemas))
+        except GenerationError as exc:
+            # a server that refuses `response_format` json_schema (HTTP 400) gets free text from now on;
+            # anything else (server down, timeouts after retries) is an infrastructure error and raises
+            if not all(e is None or e.startswith("BadRequestError") for e in exc.errors):
+                raise
+            log.warning("the mutator's server refused JSON-schema replies (%s); continuing UNCONSTRAINED "
+                        "(replies parsed and validated as free text)", next(e for e in exc.errors if e))
+            self._json = None
+            return self._chat(prompts, max_new_tokens, seed, calls)
         calls.extend(zip(prompts, replies))
         return replies
 

@@ -190,3 +190,28 @@ def test_generate_json_follows_each_schema_on_llama_cpp(llama_server):
         jsonschema.validate(json.loads(reply), schema)
     with pytest.raises(ValueError, match="schemas: one per conversation"):
         pol.generate_json([conv("x")], SHORT, schemas)
+
+
+def test_mutator_falls_back_to_free_text_when_the_server_refuses_json_schema():
+    """An endpoint that answers 400 to `response_format` json_schema: the mutator goes on unconstrained
+    (said in its log) instead of failing the training step; a server error still raises."""
+    from espl.trainer.mutator import LLMMutator, MutatorSettings
+
+    srv = ScriptedChatServer([(400, {"error": {"message": "response_format not supported"}}),
+                              (200, chat_reply('[{"operation": "add", "principle": "x"}]'))])
+    try:
+        mutator = LLMMutator(OpenAIPolicy(srv.url, "m", retries=0), MutatorSettings())
+        assert mutator.constrained
+        calls = []
+        replies = mutator._chat_json(["critique this"], [{"type": "array"}], 32, 0, calls)
+        assert replies == ['[{"operation": "add", "principle": "x"}]'] and not mutator.constrained
+        assert "response_format" in srv.requests[0] and "response_format" not in srv.requests[1]
+    finally:
+        srv.close()
+    srv = ScriptedChatServer([(500, {"error": "down"})])
+    try:
+        mutator = LLMMutator(OpenAIPolicy(srv.url, "m", retries=0), MutatorSettings())
+        with pytest.raises(GenerationError):
+            mutator._chat_json(["critique this"], [{"type": "array"}], 32, 0, [])
+    finally:
+        srv.close()
