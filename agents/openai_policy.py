@@ -84,22 +84,7 @@ class OpenAIPolicy:
             raise ValueError(f"schemas: one per conversation expected, got {len(schemas)} for {len(conversations)}")
         formats = [{"type": "json_schema", "json_schema": {"name": "reply", "schema": dict(s), "strict": True}}
                    for s in schemas]
-        texts: list[str | None] = [None] * len(conversations)
-        errors: list[str | None] = [None] * len(conversations)
-
-        def work(i: int) -> None:
-            try:
-                texts[i] = self._one(list(conversations[i]), params, None, i, response_format=formats[i]).text
-            except Exception as exc:  # reported together below
-                errors[i] = f"{type(exc).__name__}: {exc}"
-
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(formats)))) as pool:
-            list(pool.map(work, range(len(formats))))
-        failed = [i for i, e in enumerate(errors) if e is not None]
-        if failed:
-            raise GenerationError(f"{len(failed)} of {len(formats)} JSON requests to {self.base_url} failed "
-                                  f"(first: {errors[failed[0]]})", [None] * len(formats), errors)
-        return [t or "" for t in texts]
+        return [c.text for c in self.generate(conversations, params, response_formats=formats)]
 
     def generate(
         self,
@@ -107,12 +92,17 @@ class OpenAIPolicy:
         params: SamplingParams,
         tools: Sequence[dict[str, Any]] | None = None,
         seeds: Sequence[int] | None = None,
+        *,
+        response_formats: Sequence[dict] | None = None,
     ) -> list[Completion]:
         """`seeds`: one request seed per conversation (the rollout passes each episode's own, so a request's
-        seed does not depend on the batch); default: derived from `params.seed` and the position."""
+        seed does not depend on the batch); default: derived from `params.seed` and the position.
+        `response_formats`: one OpenAI `response_format` per conversation (see `generate_json`)."""
         convs = [list(c) for c in conversations]
         if seeds is not None and len(seeds) != len(convs):
             raise ValueError("seeds: must have one entry per conversation")
+        if response_formats is not None and len(response_formats) != len(convs):
+            raise ValueError("response_formats: must have one entry per conversation")
         if not convs:
             return []
         results: list[Completion | None] = [None] * len(convs)
@@ -120,7 +110,8 @@ class OpenAIPolicy:
 
         def work(i: int) -> None:
             try:
-                results[i] = self._one(convs[i], params, tools, i, None if seeds is None else int(seeds[i]))
+                results[i] = self._one(convs[i], params, tools, i, None if seeds is None else int(seeds[i]),
+                                       None if response_formats is None else response_formats[i])
             except Exception as exc:  # reported together below, with the finished ones kept
                 errors[i] = f"{type(exc).__name__}: {exc}"
 
