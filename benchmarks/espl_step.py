@@ -6,7 +6,7 @@
 
 Part 1 (goal: E-SPL / RL <= 1.15x): three trainers on the same seed (so the same problems each step):
 `rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`) in 1 torch thread (the
-default `mutator_cpu_threads=1`) and in all, `espl` sequential, and
+default `mutator_threads=1`) and in all, `espl` sequential, and
 `espl` whose mutator is the same frozen base model's GGUF in a llama.cpp server (`mutator=llamacpp`).
 Their steps are interleaved (rl, espl, espl-seq, rl, ...) so machine load drifts hit all alike; medians
 exclude the first (warm-up) step.
@@ -37,7 +37,7 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
         "rl": TrainConfig.from_sources(None, overrides, mode="rl"),
         "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True),
         "espl (overlap, all threads)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
-                                                                mutator_cpu_threads=0),
+                                                                mutator_threads=0),
         "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=False),
         "espl (llama.cpp)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
                                                      mutator="llamacpp"),

@@ -119,7 +119,9 @@ class TrainConfig:
     mutator: Literal["base", "llamacpp", "policy", "endpoint"] = "base"
     mutator_base_url: str = ""  # for mutator = "endpoint": an OpenAI-compatible server
     mutator_model: str = ""  # endpoint model name (or another local model for "base"/"llamacpp"; empty = `model`)
-    mutator_threads: int = 1  # llamacpp: CPU threads of the llama.cpp server
+    # CPU threads the mutator takes: the llama.cpp server's (mutator = "llamacpp"), or the torch threads of a
+    # mutator overlapping the update, which leaves it that many (0: no split, both use torch's default)
+    mutator_threads: int = 1
     max_ops_per_problem: int = 2  # [ref: max_update_operations 2]
     max_principle_words: int = 32
     max_principles: int = 24
@@ -129,7 +131,6 @@ class TrainConfig:
     mutator_critique_tokens: int = 160
     mutator_revision_tokens: int = 192
     overlap_mutation: bool = True  # run the mutator alongside the RL update (needs a separate mutator model)
-    mutator_cpu_threads: int = 1  # torch threads of an overlapped mutator (0: torch's default, all cores)
     # ---- step 7: crossover ----
     crossover_prob: float = 0.0  # reference default: off
     crossover_sigma: float = 1.0
@@ -152,12 +153,15 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_problems", "prompts_per_step", "choose_from_newest", "rollouts_per_pair", "max_new_tokens",
-                     "train_problems", "micro_batch", "max_batch", "mutator_threads", "max_pool_size", "lora_rank", "max_ops_per_problem",
+                     "train_problems", "micro_batch", "max_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
                      "ray_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.crossover_prob <= 1.0:
             raise ValueError(f"crossover_prob: must be in [0, 1], got {self.crossover_prob}")
+        if self.mutator_threads < (1 if self.mutator == "llamacpp" else 0):
+            raise ValueError(f"mutator_threads: must be >= {1 if self.mutator == 'llamacpp' else 0} "
+                             f"(mutator = {self.mutator!r}), got {self.mutator_threads}")
         if self.mutator == "endpoint" and not self.mutator_base_url:
             raise ValueError("mutator_base_url: required when mutator = 'endpoint' (e.g. http://127.0.0.1:8080/v1)")
         object.__setattr__(self, "fixed_principles", tuple(self.fixed_principles))
@@ -579,12 +583,12 @@ class Trainer:
         return parents, [wins[p.id] for p in parents]
 
     def _in_mutator_thread(self, run: Callable[[], Any]) -> Any:
-        """Runs an overlapped mutation in the executor's thread with `mutator_cpu_threads` torch threads.
+        """Runs an overlapped mutation in the executor's thread with `mutator_threads` torch threads.
         torch's thread count is per calling thread (OpenMP and MKL); see `_update_threads` for the update's."""
-        if self.cfg.mutator_cpu_threads > 0:
+        if self.cfg.mutator_threads > 0:
             import torch
 
-            torch.set_num_threads(self.cfg.mutator_cpu_threads)
+            torch.set_num_threads(self.cfg.mutator_threads)
         return run()
 
     @contextlib.contextmanager
@@ -595,11 +599,11 @@ class Trainer:
         import torch
 
         on_cpu = not str(self.cfg.device).startswith("cuda")
-        if job is None or not on_cpu or self.cfg.mutator_cpu_threads <= 0:  # never job.done(): timing-dependent
+        if job is None or not on_cpu or self.cfg.mutator_threads <= 0:  # never job.done(): timing-dependent
             yield
             return
         before = torch.get_num_threads()
-        torch.set_num_threads(max(1, before - self.cfg.mutator_cpu_threads))
+        torch.set_num_threads(max(1, before - self.cfg.mutator_threads))
         try:
             yield
         finally:

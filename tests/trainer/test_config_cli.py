@@ -37,6 +37,7 @@ def test_sources_layer_in_order(tmp_path):
     ("nonsense", "expected key=value"),
     ("max_batch=0", "max_batch: must be >= 1"),
     ("dtype=fp8", "dtype: must be one of"),
+    ("mutator_threads=-1", "mutator_threads: must be >= 0"),
 ])
 def test_bad_config_names_the_field(override, match):
     with pytest.raises(ValueError, match=match):
