@@ -201,11 +201,15 @@ def _decode_block(body: str) -> Any:
         raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
 
+def _unwrap(obj: dict) -> dict:
+    """The call inside an OpenAI-shaped call written out as text (`{"function": {"name": ...}}`), else obj."""
+    return obj["function"] if isinstance(obj.get("function"), dict) else obj
+
+
 def _call_from_obj(obj: Any, call_id: str) -> ToolCall:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object {{\"name\": ..., \"arguments\": {{...}}}}, got {type(obj).__name__}")
-    if isinstance(obj.get("function"), dict):  # an OpenAI-shaped call written out as text
-        obj = obj["function"]
+    obj = _unwrap(obj)
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError('missing "name" (a non-empty string)')
@@ -236,8 +240,7 @@ def _bare_calls(text: str, tool_names: Collection[str], id_prefix: str) -> list[
         except json.JSONDecodeError:
             break
         items = obj if isinstance(obj, list) else [obj]
-        named = [o for o in items if isinstance(o, dict) and isinstance(o.get("function", o), dict)
-                 and (o.get("function") or o).get("name") in tool_names]
+        named = [o for o in items if isinstance(o, dict) and _unwrap(o).get("name") in tool_names]
         if not named or len(named) != len(items):
             break
         for o in named:
@@ -257,11 +260,11 @@ def parse_tool_calls(text: str, id_prefix: str = "call_", tool_names: Collection
     Text with no `<tool_call>` tag gives `([], [])` (the reply is a final answer, not a malformed call), unless
     `tool_names` is given and the reply opens with bare JSON calls of those tools (see `_bare_calls`).
     """
+    if tool_names and "<tool_call>" not in (text or ""):
+        return _bare_calls(text or "", set(tool_names), id_prefix), []
     calls: list[ToolCall] = []
     errors: list[str] = []
     n = 0
-    if tool_names and "<tool_call>" not in (text or ""):
-        return _bare_calls(text or "", set(tool_names), id_prefix), []
     for block in _BLOCK.finditer(text or ""):
         try:
             obj = _decode_block(block.group(1))
