@@ -109,14 +109,6 @@ def _package_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _packaged_gguf(alias: str, entry: _PackagedGGUF) -> Path:
     files = []
     for module, rel in zip(entry.packages, entry.files):
