@@ -57,7 +57,8 @@ def evaluate(trainer, principles, problems: int, samples: int) -> list[float]:
 
 
 def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
-    """Train one (mode, seed) run, evaluate it with its deploy prompt and with no prompt; the result row."""
+    """Train one (mode, seed) run, evaluate its best-rated prompt, its newest prompt and no prompt on its final
+    weights (each distinct prompt once); the result row."""
     from espl.trainer.espl import TrainConfig, Trainer
 
     cfg = TrainConfig.from_sources(None, args.overrides, mode=mode, seed=seed, model=args.model, env=args.env)
@@ -137,8 +138,10 @@ def main() -> None:
         for mode, seed in todo:
             record(run_one(args, mode, seed))
     elif todo:
+        import os
         import subprocess
         import sys
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         from espl.agents.models import load_model
 
@@ -147,30 +150,24 @@ def main() -> None:
                 "--test-problems", str(args.test_problems), "--samples", str(args.samples), "--out", str(args.out)]
         for o in args.overrides:
             argv += ["--set", o]
-        import os
-
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
-        pending, running = list(todo), {}
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                mode, seed = pending.pop(0)
-                run_dir = args.out / f"{mode}-s{seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                log_file = open(run_dir / "worker.log", "w")
-                running[(mode, seed)] = (subprocess.Popen(argv + ["--worker", mode, str(seed)], stdout=log_file,
-                                                          stderr=subprocess.STDOUT, env=env), log_file)
-            time.sleep(2)
-            for key, (proc, log_file) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log_file.close()
-                del running[key]
-                result = args.out / f"{key[0]}-s{key[1]}" / "result.json"
-                if proc.returncode == 0 and result.is_file():
-                    record(json.loads(result.read_text()))
+
+        def launch(mode: str, seed: int) -> tuple[Path, int]:
+            run_dir = args.out / f"{mode}-s{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "worker.log", "w") as log_file:
+                proc = subprocess.run(argv + ["--worker", mode, str(seed)], stdout=log_file, stderr=subprocess.STDOUT,
+                                      env=env)
+            return run_dir, proc.returncode
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each thread waits on one worker process
+            for done_run in as_completed([pool.submit(launch, mode, seed) for mode, seed in todo]):
+                run_dir, returncode = done_run.result()
+                if returncode == 0 and (run_dir / "result.json").is_file():
+                    record(json.loads((run_dir / "result.json").read_text()))
                 else:
-                    tail = (args.out / f"{key[0]}-s{key[1]}" / "worker.log").read_text()[-3000:]
-                    print(f"{key[0]} seed {key[1]}: worker failed (exit {proc.returncode})\n{tail}", flush=True)
+                    tail = (run_dir / "worker.log").read_text()[-3000:]
+                    print(f"{run_dir.name}: worker failed (exit {returncode})\n{tail}", flush=True)
 
     lines = ["| mode | seeds | held-out acc, best prompt (μ−2σ) | 95% CI over seeds | per-seed acc [Wilson 95%] | newest prompt | no prompt, same weights | best prompt better/worse than none (paired) |",
              "|---|---|---|---|---|---|---|---|"]
