@@ -26,3 +26,14 @@ def require(available: bool, what: str) -> None:
 @pytest.fixture
 def requires():
     return require
+
+
+def closed_port_url() -> str:
+    """An OpenAI-style base URL on 127.0.0.1 where nothing listens (a port bound, then closed): every
+    request to it is refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"

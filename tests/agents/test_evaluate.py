@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +13,7 @@ from espl.agents.openai_policy import OpenAIPolicy
 from espl.cli import app
 from espl.types import SamplingParams
 from tests.agents.test_rollout import CountdownEnv
+from tests.conftest import closed_port_url
 
 
 def test_pass_at_k_and_ci():
@@ -41,11 +41,7 @@ def test_evaluate_summarises_samples_per_task(smol_policy):
 
 
 def test_evaluate_keeps_partial_results_when_the_backend_dies():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    pol = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "m", retries=0, timeout_s=2)
+    pol = OpenAIPolicy(closed_port_url(), "m", retries=0, timeout_s=2)
     r = evaluate(CountdownEnv, pol, episodes=2, split=None, params=SamplingParams(max_new_tokens=4))
     assert r.episodes == 0 and r.requested == 2 and "policy failed" in r.error
 

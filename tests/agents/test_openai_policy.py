@@ -5,7 +5,6 @@ here: return native `tool_calls` (it drops `tools=` for this model) and fail wit
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from espl.agents.openai_policy import OpenAIPolicy
 from espl.agents.rollout import Episode, RolloutStats, rollout
 from espl.types import SamplingParams
 from tests.agents.test_rollout import CountdownEnv
+from tests.conftest import closed_port_url
 
 SHORT = SamplingParams(temperature=0, max_new_tokens=6)
 
@@ -55,11 +55,7 @@ def test_timeout_is_retried_then_reported(llama_server):
 
 
 def test_server_down_is_retried_then_reported():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens here now
-    pol = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "m", retries=2, backoff_s=0.01, timeout_s=2)
+    pol = OpenAIPolicy(closed_port_url(), "m", retries=2, backoff_s=0.01, timeout_s=2)
     with pytest.raises(GenerationError) as err:
         pol.generate([conv("hi"), conv("ho")], SHORT)
     assert all(c is None for c in err.value.completions)
@@ -78,11 +74,7 @@ def test_rollout_with_a_server_policy(llama_server):
 
 
 def test_rollout_keeps_finished_episodes_when_the_server_fails():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    pol = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "m", retries=0, timeout_s=2)
+    pol = OpenAIPolicy(closed_port_url(), "m", retries=0, timeout_s=2)
     with pytest.raises(RolloutError) as err:
         rollout(CountdownEnv, pol, [Episode(seed=0)], SHORT)
     assert err.value.trajectories == {} and isinstance(err.value.cause, GenerationError)

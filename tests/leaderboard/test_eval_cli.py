@@ -64,16 +64,13 @@ def test_real_suite_eval_then_nothing_left(tmp_path):
 
 
 def test_server_down_is_a_clear_error(tmp_path):
-    # nothing listens on this port (bound, then closed): every request is refused, retried, then reported
-    import socket
+    # nothing listens there: every request is refused, retried, then reported
+    from tests.conftest import closed_port_url
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)
     res = runner.invoke(app, ["eval", "--suite", str(suite), "--db", str(tmp_path / "lb.db"), "--base-url",
-                              f"http://127.0.0.1:{port}/v1", "--model", "m", "--api-key", "x"], terminal_width=300)
+                              closed_port_url(), "--model", "m", "--api-key", "x"], terminal_width=300)
     assert res.exit_code == 1, res.output
     assert "run the same command again to resume" in res.output
     from espl.leaderboard.store import Store
