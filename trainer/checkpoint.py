@@ -1,16 +1,27 @@
-"""Checkpoints written atomically: everything goes to a fresh temporary directory, which is then renamed
-over the old checkpoint. A kill -9 at any moment leaves either the previous checkpoint or the new one.
+"""Checkpoints: atomic, the last two kept, and no pickles.
 
-RUN_DIR/checkpoint/
-    state.json       step, pool, metrics rows, config
-    adapter.safetensors   the trainable (LoRA) parameters by name
-    optimizer.pt     the Adam state
-    rng.pt           torch / python / numpy RNG states
+RUN_DIR/checkpoint/           the latest checkpoint
+RUN_DIR/checkpoint.prev/      the one before it (the fallback when the latest is damaged)
+    state.json                step, pool, metrics rows, config, and the sha256 of every other file (written last)
+    adapter.safetensors       the trainable (LoRA) parameters by name
+    optimizer.safetensors     the optimizer's per-parameter tensors ("state/<index>/<name>")
+    optimizer.json            the optimizer's param_groups and any non-tensor state
+    rng.json                  torch / python / numpy RNG states as numbers
+
+Nothing here is unpickled: tensors are safetensors, the rest is JSON, so a shared or downloaded run dir cannot
+run code when it is resumed (`torch.load` of a pickle can). Files such as `optimizer.pt` / `rng.pt` (older
+espl-gym versions wrote them) are never opened; a checkpoint made only of such files is refused.
+
+Each save writes a fresh temporary directory, then renames `checkpoint` to `checkpoint.prev` and the temporary
+directory to `checkpoint`: a kill -9 at any moment leaves at least one complete checkpoint. `load` checks the
+latest against the hashes in its state.json and falls back to the previous one, saying why, when it is damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,16 +29,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 NAME = "checkpoint"
-OLD = "checkpoint.old"
+PREVIOUS = "checkpoint.prev"
+OLD = PREVIOUS  # the name other modules read as "the fallback checkpoint"
+_LEGACY_OLD = "checkpoint.old"  # a save of an older version killed between its two renames leaves this
+FORMAT = 2  # state.json "format"; checkpoints without it are the older pickle-based layout
+PICKLE_FILES = ("optimizer.pt", "rng.pt")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message says why in one line."""
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     state: dict[str, Any]
     tensors: dict[str, Any]
-    optimizer: dict[str, Any] | None
-    rng: dict[str, Any] | None
+    optimizer: dict[str, Any] | None  # a torch optimizer state_dict
+    rng: dict[str, Any] | None  # {"torch": ByteTensor, "python": random state tuple, "numpy": numpy state tuple}
+    path: Path  # the directory it was read from (checkpoint or checkpoint.prev)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,13 +74,79 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _candidates(run_dir: Path) -> list[Path]:
+    return [run_dir / n for n in (NAME, PREVIOUS, _LEGACY_OLD) if (run_dir / n / "state.json").is_file()]
+
+
 def exists(run_dir: Path) -> bool:
-    run_dir = Path(run_dir)
-    return (run_dir / NAME / "state.json").is_file() or (run_dir / OLD / "state.json").is_file()
+    return bool(_candidates(Path(run_dir)))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- optimizer and RNG state without pickles ----------------------------------------------------------------
+
+
+def _split_optimizer(sd: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A torch optimizer state_dict as (tensors for safetensors, JSON-able rest)."""
+    import torch
+
+    tensors: dict[str, Any] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
+
+
+def _join_optimizer(tensors: dict[str, Any], rest: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split("/", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in rest.get("plain_state", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    for g in rest["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):  # JSON has no tuples; Adam's betas are a tuple
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_to_json(rng: dict) -> dict:
+    version, internal, gauss = rng["python"]
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    return {"torch": [int(b) for b in rng["torch"].tolist()],
+            "python": [version, list(internal), gauss],
+            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]}
+
+
+def _rng_from_json(data: dict) -> dict:
+    import numpy as np
+    import torch
+
+    version, internal, gauss = data["python"]
+    name, keys, pos, has_gauss, cached = data["numpy"]
+    return {"torch": torch.tensor(data["torch"], dtype=torch.uint8),
+            "python": (int(version), tuple(int(x) for x in internal), gauss),
+            "numpy": (str(name), np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))}
+
+
+# ---- save / load --------------------------------------------------------------------------------------------
 
 
 def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng: dict | None) -> Path:
-    import torch
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
@@ -69,43 +157,86 @@ def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng:
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
         if optimizer is not None:
-            torch.save(optimizer, tmp / "optimizer.pt")
+            opt_tensors, opt_rest = _split_optimizer(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(opt_rest), encoding="utf-8")
         if rng is not None:
-            torch.save(rng, tmp / "rng.pt")
-        # state.json last: its presence marks a complete checkpoint directory
+            (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)), encoding="utf-8")
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        # state.json last: its presence marks a complete checkpoint directory; its hashes cover the others
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump(state, f, ensure_ascii=False)
+            json.dump({**state, "format": FORMAT, "files": files}, f, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        final, old = run_dir / NAME, run_dir / OLD
+        final, prev = run_dir / NAME, run_dir / PREVIOUS
         if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)  # a crash right here leaves checkpoint.old, which `load` uses
+            if prev.exists():
+                shutil.rmtree(prev)
+            os.replace(final, prev)  # a crash right here leaves checkpoint.prev, which `load` uses
         os.replace(tmp, final)
         _fsync_dir(run_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        shutil.rmtree(run_dir / _LEGACY_OLD, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
-def load(run_dir: Path) -> Checkpoint:
-    import torch
+def _load_dir(path: Path) -> Checkpoint:
+    """One checkpoint directory, checked; CheckpointError (one line) when it is incomplete or damaged."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path.name}/state.json is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path.name}/state.json is not a checkpoint state (no 'step')")
+    if state.get("format") != FORMAT:
+        pickles = [n for n in PICKLE_FILES if (path / n).exists()]
+        raise CheckpointError(
+            f"{path.name} was written by an older espl-gym ({', '.join(pickles) or 'no format mark'}): its optimizer "
+            "and RNG state are pickles, which are never loaded because a pickle can run code; start a new run "
+            "(or evaluate it with `espl eval --from-run`, which reads only the adapter and the pool)")
+    for name, digest in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path.name}/{name} is missing")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{path.name}/{name} is damaged (its sha256 differs from state.json's)")
+    ignored = [n for n in PICKLE_FILES if (path / n).exists()]
+    if ignored:
+        log.warning("checkpoint %s: ignoring %s (pickles are never loaded)", path, ", ".join(ignored))
+    files = state.get("files", {})
+    try:
+        tensors = load_file(str(path / "adapter.safetensors")) if "adapter.safetensors" in files else {}
+        optimizer = None
+        if "optimizer.safetensors" in files:
+            rest = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+            optimizer = _join_optimizer(load_file(str(path / "optimizer.safetensors")), rest)
+        rng = _rng_from_json(json.loads((path / "rng.json").read_text(encoding="utf-8"))) if "rng.json" in files else None
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path.name} is damaged ({type(exc).__name__}: {exc})") from None
+    return Checkpoint(state, tensors, optimizer, rng, path)
+
+
+def load(run_dir: Path) -> Checkpoint:
+    """The latest usable checkpoint of a run: `checkpoint`, else (with a warning saying why) `checkpoint.prev`."""
     run_dir = Path(run_dir)
-    for name in (NAME, OLD):
-        path = run_dir / name
-        if (path / "state.json").is_file():
-            break
-    else:
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {run_dir / NAME}/state.json)")
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(path / "adapter.safetensors")) if (path / "adapter.safetensors").is_file() else {}
-    optimizer = torch.load(path / "optimizer.pt", weights_only=False) if (path / "optimizer.pt").is_file() else None
-    rng = torch.load(path / "rng.pt", weights_only=False) if (path / "rng.pt").is_file() else None
-    return Checkpoint(state, tensors, optimizer, rng)
+    candidates = _candidates(run_dir)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected {run_dir / NAME}/state.json)")
+    problems = []
+    for path in candidates:
+        try:
+            loaded = _load_dir(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            log.warning("checkpoint unusable: %s; trying the previous one", exc)
+            continue
+        if problems:
+            log.warning("resuming from %s (step %s) instead: %s", path, loaded.state["step"], "; ".join(problems))
+        return loaded
+    raise CheckpointError(f"cannot resume {run_dir}: " + "; ".join(problems))
