@@ -50,7 +50,7 @@ def evaluate(trainer, principles, problems: int, samples: int) -> list[float]:
     from espl.types import SamplingParams
 
     cfg = trainer.cfg
-    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+    params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
                             seed=derive_seed("eval", cfg.seed))
     episodes = [trainer._episode(i, principles, derive_seed("eval-episode", i, s)) for i in range(problems) for s in range(samples)]
     return [1.0 if t.reason == "correct" else 0.0 for t in trainer._rollout(episodes, params, split="test")]
@@ -80,7 +80,7 @@ def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
     return {
         "mode": mode, "seed": seed, "steps": args.steps, "model": args.model, "env": args.env,
         "device": cfg.device, "dtype": cfg.dtype,
-        "episodes_per_step": cfg.batch_problems * cfg.prompts_per_step * cfg.rollouts_per_pair,
+        "episodes_per_step": cfg.data.batch_problems * cfg.selection.prompts_per_step * cfg.rollout.rollouts_per_pair,
         "deploy_prompt_id": best.id, "deploy_principles": list(best.principles),
         "deploy_mu": best.mu, "deploy_sigma": best.sigma,
         "newest_prompt_id": newest.id, "newest_principles": list(newest.principles),

@@ -35,12 +35,12 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
 
     variants = {
         "rl": TrainConfig.from_sources(None, overrides, mode="rl"),
-        "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True),
-        "espl (overlap, all threads)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
-                                                                mutator_threads=0),
-        "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=False),
-        "espl (llama.cpp)": TrainConfig.from_sources(None, overrides, mode="espl", overlap_mutation=True,
-                                                     mutator="llamacpp"),
+        "espl (overlap)": TrainConfig.from_sources(None, overrides, mode="espl", **{"mutator.overlap": True}),
+        "espl (overlap, all threads)": TrainConfig.from_sources(None, overrides, mode="espl", **{"mutator.overlap": True,
+                                                                "mutator.threads": 0}),
+        "espl (sequential)": TrainConfig.from_sources(None, overrides, mode="espl", **{"mutator.overlap": False}),
+        "espl (llama.cpp)": TrainConfig.from_sources(None, overrides, mode="espl", **{"mutator.overlap": True,
+                                                     "mutator.kind": "llamacpp"}),
     }
     trainers = {name: Trainer(cfg, None) for name, cfg in variants.items()}
     times: dict[str, dict[str, list[float]]] = {n: {"total": [], "rollout": [], "update": [], "mutation": []} for n in trainers}
@@ -54,8 +54,8 @@ def espl_vs_rl(steps: int, overrides: list[str]) -> None:
     for tr in trainers.values():
         tr.close()
     cfg = variants["rl"]
-    print(f"\nE-SPL vs RL, B={cfg.batch_problems} M={cfg.prompts_per_step} N={cfg.rollouts_per_pair} "
-          f"max_new_tokens={cfg.max_new_tokens}, {steps} steps each (medians after the first):")
+    print(f"\nE-SPL vs RL, B={cfg.data.batch_problems} M={cfg.selection.prompts_per_step} N={cfg.rollout.rollouts_per_pair} "
+          f"max_new_tokens={cfg.rollout.max_new_tokens}, {steps} steps each (medians after the first):")
     base = median_after_warmup(times["rl"]["total"])
     base_mean = statistics.mean(times["rl"]["total"][1:] or times["rl"]["total"])
     for name, t in times.items():
@@ -80,8 +80,10 @@ def ours_vs_trl(steps: int) -> None:
     from espl.agents.models import load_model
     from espl.trainer.espl import TrainConfig, Trainer, batch_indices
 
-    cfg = TrainConfig(mode="rl", batch_problems=2, prompts_per_step=1, rollouts_per_pair=4, max_new_tokens=64,
-                      temperature=0.7, top_p=0.95, lora_rank=16, lora_alpha=32, learning_rate=1e-4, seed=0)
+    cfg = TrainConfig.from_dict({"mode": "rl", "data.batch_problems": 2, "selection.prompts_per_step": 1,
+                                 "rollout.rollouts_per_pair": 4, "rollout.max_new_tokens": 64, "rollout.temperature": 0.7,
+                                 "rollout.top_p": 0.95, "lora.rank": 16, "lora.alpha": 32,
+                                 "optimizer.learning_rate": 1e-4, "seed": 0})
     env = gym.make(cfg.env).unwrapped
     # the same prompts in the same order: our batches, flattened
     indices = [i for s in range(steps) for i in batch_indices(cfg, s)]

@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from espl.trainer import checkpoint as ckpt
+from espl.trainer.config import ConfigError, TrainConfig, resume_changes
 from espl.trainer.loss import LOSSES, LossSettings, advantages, kept_groups, skip_ratio
 from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, MutatorSettings, RolloutGroup
 from espl.trainer.pool import (
@@ -47,181 +48,6 @@ from espl.trainer.pool import (
 from espl.types import SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["espl", "rl", "evolve"]
-MutatorModel = Literal["base", "llamacpp", "policy", "endpoint"]
-
-_LITERALS = {
-    "mode": ("espl", "rl", "evolve"),
-    "selection": ("uniform", "ucb", "lucb", "softmax"),
-    "placement": ("system", "user"),
-    "baseline": ("group", "marginalize"),
-    "loss": tuple(LOSSES),
-    "loss_reduction": ("sum", "mean"),
-    "mutator": ("base", "llamacpp", "policy", "endpoint"),
-    "dtype": ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
-    "backend": ("local", "ray"),
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every constant of the algorithm. [ref: x] marks the reference code's value where ours differs."""
-
-    # ---- run ----
-    mode: Mode = "espl"
-    env: str = "espl/Math-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    model: str = "smollm2-135m"
-    seed: int = 0
-    device: str = "cpu"  # where the policy (and the base-model mutator) run: "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"  # model weights: auto (float32), float32, bfloat16, float16
-    max_batch: int = 64  # sequences decoded at once (larger batches are split)
-    train_problems: int = 256  # task indices 0..n-1 of the train split form the training set [ref: dataset_size 256]
-    # ---- step 1: batch ----
-    batch_problems: int = 2  # B [ref: 10]
-    # ---- step 2: selection ----
-    prompts_per_step: int = 2  # M [ref: 3]
-    choose_from_newest: int = 5  # K
-    selection: Literal["uniform", "ucb", "lucb", "softmax"] = "uniform"
-    placement: Literal["system", "user"] = "system"  # [ref: "user", the principles in the user turn]
-    fixed_principles: tuple[str, ...] = ()  # the root prompt (and the only one in mode rl); reference: empty
-    # ---- step 3: rollouts ----
-    rollouts_per_pair: int = 4  # N [ref: group_size 5]
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 96  # per turn [ref: 15000]
-    # ---- step 4: RL update ----
-    baseline: Literal["group", "marginalize"] = "group"
-    loss: Literal["reinforce_is", "ppo_clip", "cispo"] = "reinforce_is"
-    loss_reduction: Literal["sum", "mean"] = "sum"  # sum over tokens, as Tinker's losses do; mean: / tokens
-    ppo_clip_eps: float = 0.2
-    cispo_clip_low: float = 0.0
-    cispo_clip_high: float = 4.0
-    lora_rank: int = 16  # [ref: 32]
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0  # 0 keeps the update deterministic (and resume exact)
-    learning_rate: float = 1e-4  # [ref: 4e-5 at 8B-30B scale; a 135M LoRA needs a larger step]
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    micro_batch: int = 8  # episodes per forward/backward (gradients accumulate to one Adam step per step)
-    # ---- step 5: TrueSkill ----
-    trueskill_mu: float = 25.0
-    trueskill_sigma: float = 25.0 / 3
-    trueskill_beta: float = 25.0 / 6
-    trueskill_tau: float = 25.0 / 300
-    trueskill_draw_probability: float = 0.10
-    tie_tolerance: float = 0.01
-    # ---- step 6: mutation ----
-    # frozen base model [ref: evolution_sample_client "reference"]; llamacpp: the same frozen base model's GGUF
-    # served by llama.cpp on 127.0.0.1 (several times faster on a CPU, its own threads, JSON-schema decoding)
-    mutator: Literal["base", "llamacpp", "policy", "endpoint"] = "base"
-    mutator_base_url: str = ""  # for mutator = "endpoint": an OpenAI-compatible server
-    mutator_model: str = ""  # endpoint model name (or another local model for "base"/"llamacpp"; empty = `model`)
-    # CPU threads the mutator takes: the llama.cpp server's (mutator = "llamacpp"), or the torch threads of a
-    # mutator overlapping the update, which leaves it that many (0: no split, both use torch's default)
-    mutator_threads: int = 1
-    max_ops_per_problem: int = 2  # [ref: max_update_operations 2]
-    max_principle_words: int = 32
-    max_principles: int = 24
-    mutation_sigma: float = 1.0
-    mutator_constrained: bool = True  # grammar-constrained JSON operations where the backend supports it
-    mutator_summary_tokens: int = 96
-    mutator_critique_tokens: int = 160
-    mutator_revision_tokens: int = 192
-    overlap_mutation: bool = True  # run the mutator alongside the RL update (needs a separate mutator model)
-    # ---- step 7: crossover ----
-    crossover_prob: float = 0.0  # reference default: off
-    crossover_sigma: float = 1.0
-    mutator_crossover_tokens: int = 192
-    # ---- step 8: pool ----
-    max_pool_size: int = 100
-    # ---- bookkeeping ----
-    checkpoint_every: int = 1
-    eval_every: int = 0  # evaluate the newest prompt on the test split every n steps (0: never)
-    eval_problems: int = 32
-    # ---- scale-out (agents/distributed.py, docs/scaling.md): where rollouts run ----
-    backend: Literal["local", "ray"] = "local"
-    ray_address: str = ""  # "" starts a private Ray instance on this machine; "auto" / "HOST:PORT" joins a cluster
-    ray_workers: int = 2  # rollout workers (each holds its own copy of the policy)
-    ray_cpus_per_worker: float = 1.0
-    ray_gpus_per_worker: float = 0.0  # > 0: workers generate on their GPU (device "cuda")
-
-    def __post_init__(self) -> None:
-        for name, allowed in _LITERALS.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        for name in ("batch_problems", "prompts_per_step", "choose_from_newest", "rollouts_per_pair", "max_new_tokens",
-                     "train_problems", "micro_batch", "max_batch", "max_pool_size", "lora_rank", "max_ops_per_problem",
-                     "ray_workers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 <= self.crossover_prob <= 1.0:
-            raise ValueError(f"crossover_prob: must be in [0, 1], got {self.crossover_prob}")
-        if self.mutator_threads < (1 if self.mutator == "llamacpp" else 0):
-            raise ValueError(f"mutator_threads: must be >= {1 if self.mutator == 'llamacpp' else 0} "
-                             f"(mutator = {self.mutator!r}), got {self.mutator_threads}")
-        if self.mutator == "endpoint" and not self.mutator_base_url:
-            raise ValueError("mutator_base_url: required when mutator = 'endpoint' (e.g. http://127.0.0.1:8080/v1)")
-        object.__setattr__(self, "fixed_principles", tuple(self.fixed_principles))
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "TrainConfig":
-        """The reference code's constants (GPU/Tinker scale)."""
-        ref = dict(batch_problems=10, prompts_per_step=3, rollouts_per_pair=5, max_new_tokens=15000, lora_rank=32,
-                   learning_rate=4e-5, placement="user", train_problems=256)
-        return cls(**{**ref, **overrides})
-
-    def trueskill(self) -> TrueSkillSettings:
-        return TrueSkillSettings(self.trueskill_mu, self.trueskill_sigma, self.trueskill_beta, self.trueskill_tau,
-                                 self.trueskill_draw_probability)
-
-    def mutator_settings(self) -> MutatorSettings:
-        return MutatorSettings(
-            max_ops_per_problem=self.max_ops_per_problem, max_principle_words=self.max_principle_words,
-            max_principles=self.max_principles, summary_tokens=self.mutator_summary_tokens,
-            critique_tokens=self.mutator_critique_tokens, revision_tokens=self.mutator_revision_tokens,
-            crossover_tokens=self.mutator_crossover_tokens, temperature=self.temperature, top_p=self.top_p,
-            constrained=self.mutator_constrained,
-        )
-
-    # -- TOML --
-    def to_toml(self) -> str:
-        import tomli_w
-
-        return tomli_w.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()})
-
-    @classmethod
-    def from_sources(cls, path: str | Path | None = None, overrides: Sequence[str] = (), **explicit: Any) -> "TrainConfig":
-        """Defaults <- a TOML file <- `key=value` overrides (values parsed as TOML) <- explicit keywords."""
-        import tomllib
-
-        data: dict[str, Any] = {}
-        if path:
-            with open(path, "rb") as f:
-                data.update(tomllib.load(f))
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=2e-5")
-            try:
-                value = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                value = raw  # a bare word: a string
-            data[key.strip()] = value
-        data.update({k: v for k, v in explicit.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            import difflib
-
-            hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u for u in unknown]
-            raise ValueError(f"config: unknown keys {hints}; see `espl train --help` or docs/training.md")
-        if "fixed_principles" in data:
-            data["fixed_principles"] = tuple(data["fixed_principles"])
-        return cls(**data)
-
 
 def derive_seed(*parts: Any) -> int:
     """A 31-bit seed from the run seed and a purpose/step: every random draw of a step comes from seeds
@@ -269,37 +95,67 @@ def build_policy(cfg: TrainConfig) -> Any:
 
     torch.manual_seed(derive_seed(cfg.seed, "lora-init"))  # LoRA A matrices are random: same seed, same start
 
-    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout),
+    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout),
                     device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
 
 
 def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
     """The LLM mutator: the frozen base model (a separate copy, so it can run while the policy trains: in torch,
     or its GGUF in a llama.cpp server), the current policy, or an OpenAI-compatible endpoint."""
-    if cfg.mutator == "policy":
+    if cfg.mutator.kind == "policy":
         llm = policy
-    elif cfg.mutator == "endpoint":
+    elif cfg.mutator.kind == "endpoint":
         from espl.agents.openai_policy import OpenAIPolicy
 
-        llm = OpenAIPolicy(base_url=cfg.mutator_base_url, model=cfg.mutator_model or cfg.model)
-    elif cfg.mutator == "llamacpp":
+        llm = OpenAIPolicy(base_url=cfg.mutator.base_url, model=cfg.mutator.model or cfg.model)
+    elif cfg.mutator.kind == "llamacpp":
         from espl.agents.llamacpp import llamacpp_policy
 
-        llm = llamacpp_policy(cfg.mutator_model or cfg.model, threads=cfg.mutator_threads)
+        llm = llamacpp_policy(cfg.mutator.model or cfg.model, threads=cfg.mutator.threads)
     else:
         from espl.agents.hf import HFPolicy
 
-        llm = HFPolicy(model=cfg.mutator_model or cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
+        llm = HFPolicy(model=cfg.mutator.model or cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
     return LLMMutator(llm, cfg.mutator_settings())
+
+
+def build_ray_rollout(cfg: TrainConfig, policy: Any) -> tuple[Callable[..., list[Trajectory]], Callable[[], None]]:
+    """scaleout.backend = "ray": rollouts on Ray workers, each with its own copy of the policy that receives
+    the trained adapter every step (agents/distributed.py, docs/scaling.md). Returns (rollout_fn, close)."""
+    from espl.agents.distributed import RayRollout, WorkerPolicy
+
+    s = cfg.scaleout
+    rr = RayRollout(WorkerPolicy.from_policy(policy, device="cuda" if s.gpus_per_worker > 0 else "cpu"),
+                    address=s.ray_address or None, num_workers=s.workers, cpus_per_worker=s.cpus_per_worker,
+                    gpus_per_worker=s.gpus_per_worker)
+    log.info("rollouts on Ray: %d workers (%s)", s.workers, s.ray_address or "a private instance on 127.0.0.1")
+    return rr.rollout, rr.close
+
+
+def resumed_config(run_dir: str | Path, path: str | Path | None = None, overrides: Sequence[str] = (),
+                   **explicit: Any) -> TrainConfig:
+    """The configuration a resumed run continues with: the one its checkpoint was trained with <- a TOML file
+    <- `--set` overrides <- explicit keywords. Refuses (ConfigError, naming the field) a change that would make
+    the checkpoint meaningless (`config.RESUME_FIXED`); CheckpointError when the dir holds no usable run."""
+    run_dir = Path(run_dir)
+    if not ckpt.exists(run_dir):
+        what = "a run that has not finished a step yet" if (run_dir / "config.toml").is_file() else "no run"
+        raise ckpt.CheckpointError(f"--resume: {run_dir} holds {what} (no checkpoint/state.json); "
+                                   "drop --resume to start a new run there")
+    state = ckpt.load(run_dir).state
+    original = TrainConfig.from_dict(state["config"], warn=False)
+    cfg = TrainConfig.from_sources(path, overrides, base=original, **explicit)
+    resume_changes(original, cfg)
+    return cfg
 
 
 def batch_indices(cfg: TrainConfig, step: int) -> list[int]:
     """Step 1: the step's B problems, from a per-epoch shuffle of the training set (stateless in `step`)."""
-    per_epoch = math.ceil(cfg.train_problems / cfg.batch_problems)
+    per_epoch = math.ceil(cfg.data.train_problems / cfg.data.batch_problems)
     epoch, batch = divmod(step, per_epoch)
-    order = list(range(cfg.train_problems))
+    order = list(range(cfg.data.train_problems))
     random.Random(derive_seed(cfg.seed, "epoch", epoch)).shuffle(order)
-    return order[batch * cfg.batch_problems : (batch + 1) * cfg.batch_problems]
+    return order[batch * cfg.data.batch_problems : (batch + 1) * cfg.data.batch_problems]
 
 
 def _user_placement_env(env_id: str, **kwargs: Any) -> Any:
@@ -374,16 +230,25 @@ class Trainer:
         rollout_fn: Callable[..., list[Trajectory]] | None = None,
     ):
         self.cfg = cfg
-        self.rollout_fn = rollout_fn  # e.g. RayRollout(...).rollout (agents/distributed.py); None: local
         self.run_dir = Path(run_dir) if run_dir else None
+        loaded = None
+        if resume:  # checked before any model loads: a run that cannot be resumed says why, at once
+            if self.run_dir is None:
+                raise ValueError("resume=True needs a run_dir")
+            loaded = ckpt.load(self.run_dir)  # CheckpointError (one line) when there is no usable checkpoint
+            changes = resume_changes(TrainConfig.from_dict(loaded.state["config"], warn=False), cfg)
         self.policy = policy if policy is not None else build_policy(cfg)
-        self.evolving = cfg.mode in ("espl", "evolve")
-        self.learning = cfg.mode in ("espl", "rl")
+        self.evolving, self.learning = cfg.evolving, cfg.learning
         self.mutator = mutator if mutator is not None else (build_mutator(cfg, self.policy) if self.evolving else None)
-        self.pool = PromptPool(cfg.max_pool_size)
-        ts = cfg.trueskill()
-        self.pool.add(cfg.fixed_principles, ts.mu, ts.sigma, op="fixed" if cfg.mode == "rl" else "root")
+        self._close_rollout: Callable[[], None] = lambda: None
+        if rollout_fn is None and cfg.scaleout.backend == "ray":
+            rollout_fn, self._close_rollout = build_ray_rollout(cfg, self.policy)
+        self.rollout_fn = rollout_fn  # e.g. RayRollout(...).rollout (agents/distributed.py); None: local
+        self.pool = PromptPool(cfg.pool.max_size)
+        ts = cfg.trueskill.settings()
+        self.pool.add(cfg.selection.fixed_principles, ts.mu, ts.sigma, op="fixed" if cfg.mode == "rl" else "root")
         self.step_count = 0
+        self.checkpointed_steps = 0  # steps the newest checkpoint holds
         self.metrics: list[StepMetrics] = []
         self.optimizer = self._make_optimizer() if self.learning else None
         self._tasks_env: Any = None
@@ -391,11 +256,11 @@ class Trainer:
         self._tb: Any = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if resume and ckpt.exists(self.run_dir):
-                self._restore(ckpt.load(self.run_dir))
-            elif resume:
-                log.warning("--resume: no checkpoint in %s, starting from step 0", self.run_dir)
-            (self.run_dir / "config.toml").write_text(cfg.to_toml())
+            if loaded is not None:
+                self._restore(loaded)
+                self._record_resume(changes)
+            else:
+                (self.run_dir / "config.toml").write_text(cfg.to_toml())
 
     # -- plumbing --
     def _make_optimizer(self) -> Any:
@@ -405,7 +270,7 @@ class Trainer:
         if not params:
             raise ValueError("the policy has no trainable parameters: modes espl/rl need a LoRA-wrapped model")
         c = self.cfg
-        return torch.optim.Adam(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_eps)
+        return torch.optim.Adam(params, lr=c.optimizer.learning_rate, betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps)
 
     def _env(self) -> Any:
         if self._tasks_env is None:
@@ -421,14 +286,14 @@ class Trainer:
         if split:
             kwargs["split"] = split
         env: Any = self.cfg.env
-        if self.cfg.placement == "user":  # the reference's placement: principles at the top of the user turn
+        if self.cfg.selection.placement == "user":  # the reference's placement: principles at the top of the user turn
             env = functools.partial(_user_placement_env, self.cfg.env)  # picklable: Ray workers build it
         return (self.rollout_fn or rollout)(env, self.policy, episodes, params, env_kwargs=kwargs)
 
     def _episode(self, index: int, principles: Sequence[str], seed: int) -> Any:
         from espl.agents.rollout import Episode
 
-        return Episode(seed=index, system_prompt=prompt_text(principles, self.cfg.placement), sample_seed=seed)
+        return Episode(seed=index, system_prompt=prompt_text(principles, self.cfg.selection.placement), sample_seed=seed)
 
     # -- one step: ESPL_SPEC steps 1-8 --
     def step(self) -> StepMetrics:
@@ -440,12 +305,12 @@ class Trainer:
         rng = random.Random(derive_seed(cfg.seed, "step", step))
 
         # 2. Select M prompts from the K newest; the newest is always included.
-        k = cfg.choose_from_newest if self.evolving else 1
-        selected = select_prompts(self.pool, cfg.prompts_per_step, k, cfg.selection, rng)
+        k = cfg.selection.choose_from_newest if self.evolving else 1
+        selected = select_prompts(self.pool, cfg.selection.prompts_per_step, k, cfg.selection.strategy, rng)
 
         # 3. Rollouts: N per (prompt, problem), B*M*N episodes, ordered [M, B, N].
-        M, B, N = len(selected), len(problems), cfg.rollouts_per_pair
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        M, B, N = len(selected), len(problems), cfg.rollout.rollouts_per_pair
+        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
                                 seed=derive_seed(cfg.seed, "rollout", step))
         episodes = [self._episode(p, rec.principles, derive_seed(cfg.seed, "episode", step, m, b, n))
                     for m, rec in enumerate(selected) for b, p in enumerate(problems) for n in range(N)]
@@ -461,14 +326,14 @@ class Trainer:
         for rec, s in zip(selected, slot_scores):
             by_id.setdefault(rec.id, []).append(float(s))
         distinct = list({rec.id: rec for rec in selected}.values())
-        ranked = rate_match(distinct, [float(np.mean(by_id[r.id])) for r in distinct], cfg.trueskill(), cfg.tie_tolerance, step)
+        ranked = rate_match(distinct, [float(np.mean(by_id[r.id])) for r in distinct], cfg.trueskill.settings(), cfg.trueskill.tie_tolerance, step)
         best = ranked[0]
 
         # 6./7. Mutate the batch's best prompt (and maybe cross over), alongside the update when possible.
         t_mut = time.perf_counter()
         job: Future | None = None
         if self.evolving:
-            do_crossover = rng.random() < cfg.crossover_prob and len(distinct) >= 2  # drawn every step, as in ref
+            do_crossover = rng.random() < cfg.crossover.prob and len(distinct) >= 2  # drawn every step, as in ref
             tasks = [self._env().make_task(p) for p in problems]
             slot_of = {rec.id: i for i, rec in reversed(list(enumerate(selected)))}  # first slot of each prompt
             groups = [RolloutGroup(tasks[b].prompt, str(tasks[b].answer),
@@ -480,14 +345,14 @@ class Trainer:
             # overlap only real work (a mutation without a mixed problem returns at once), so that the update's
             # thread count below depends on the step's rewards alone, never on timing: resume stays exact
             has_work = any(g.mixed for g in groups) or crossover_args is not None
-            overlap = cfg.overlap_mutation and self.learning and cfg.mutator != "policy" and has_work
+            overlap = cfg.mutator.overlap and self.learning and cfg.mutator.kind != "policy" and has_work
             job = self._executor.submit(self._in_mutator_thread, run) if overlap else None
             evolved = None if overlap else run()
         t_mut = time.perf_counter() - t_mut
 
         # 4. RL update of the weights on all episodes (skipping all-zero-advantage groups).
         t_upd = time.perf_counter()
-        adv = advantages(rewards, cfg.baseline)
+        adv = advantages(rewards, cfg.loss.baseline)
         keep = kept_groups(adv)
         with self._update_threads(job):
             loss_value, n_tokens = (self._update(trajectories, adv, keep) if self.learning else (0.0, 0))
@@ -504,18 +369,18 @@ class Trainer:
             if cross is not None:
                 crossover_reason = cross[0].reason
                 if cross[0].principles is not None:
-                    mu, sigma = crossover_rating(cross[1], cfg.crossover_sigma)
+                    mu, sigma = crossover_rating(cross[1], cfg.crossover.sigma)
                     self.pool.add(cross[0].principles, mu, sigma, [p.id for p in cross[1]], "crossover", step)
             mutation_reason = mut.reason
             rejected_ops = sum(mut.rejected.values())
             if mut.principles is not None:
-                mu, sigma = mutation_rating(best, cfg.mutation_sigma)  # paper §3: child σ' = sqrt(σ² + 1)
+                mu, sigma = mutation_rating(best, cfg.mutator.sigma)  # paper §3: child σ' = sqrt(σ² + 1)
                 child_id = self.pool.add(mut.principles, mu, sigma, [best.id], "mutation", step).id
             self._log_mutation(step, best, mut, cross)
 
         test_reward = float("nan")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            test_reward = self.evaluate(self.pool.newest.principles, cfg.eval_problems)
+        if cfg.evaluation.every and (step + 1) % cfg.evaluation.every == 0:
+            test_reward = self.evaluate(self.pool.newest.principles, cfg.evaluation.problems)
 
         top = self.pool.best("exploit")
         metrics = StepMetrics(
@@ -541,19 +406,19 @@ class Trainer:
         items.sort(key=lambda ta: len(ta[0].token_ids))  # similar lengths share a micro-batch: less padding
         if not items:
             return 0.0, 0
-        model, loss_fn = self.policy.model, LOSSES[self.cfg.loss]
-        settings = LossSettings(self.cfg.ppo_clip_eps, self.cfg.cispo_clip_low, self.cfg.cispo_clip_high)
+        model, loss_fn = self.policy.model, LOSSES[self.cfg.loss.name]
+        settings = LossSettings(self.cfg.loss.ppo_clip_eps, self.cfg.loss.cispo_clip_low, self.cfg.loss.cispo_clip_high)
         total_tokens = sum(sum(t.mask[1:]) for t, _ in items)
-        scale = 1.0 / total_tokens if self.cfg.loss_reduction == "mean" else 1.0
+        scale = 1.0 / total_tokens if self.cfg.loss.reduction == "mean" else 1.0
         pad = self.policy.tokenizer.pad_token_id or 0
         # The sampler's log-probs are log softmax(logits / T) (agents/hf.py), so π_θ is computed at the same T:
         # on-policy the IS ratio is exactly 1 and only sampler/trainer numerics move it.
-        temperature = self.cfg.temperature if self.cfg.temperature > 0 else 1.0
+        temperature = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for i in range(0, len(items), self.cfg.micro_batch):
-            chunk = items[i : i + self.cfg.micro_batch]
+        for i in range(0, len(items), self.cfg.optimizer.micro_batch):
+            chunk = items[i : i + self.cfg.optimizer.micro_batch]
             lp, old, mask, a = token_logprobs(model, [t for t, _ in chunk], [adv for _, adv in chunk], pad, temperature)
             loss = loss_fn(lp, old, a, mask, settings) * scale
             loss.backward()
@@ -573,7 +438,7 @@ class Trainer:
         for b in range(per_problem.shape[1]):
             scores = {r.id: per_problem[slot_of[r.id], b] for r in distinct}
             top = max(scores.values())
-            winners = [pid for pid, s in scores.items() if abs(s - top) < self.cfg.tie_tolerance]
+            winners = [pid for pid, s in scores.items() if abs(s - top) < self.cfg.trueskill.tie_tolerance]
             if len(winners) == 1:
                 wins[winners[0]].append(tasks[b].prompt)
         others = [r for r in distinct if r.id != best.id and wins[r.id]]
@@ -585,10 +450,10 @@ class Trainer:
     def _in_mutator_thread(self, run: Callable[[], Any]) -> Any:
         """Runs an overlapped mutation in the executor's thread with `mutator_threads` torch threads.
         torch's thread count is per calling thread (OpenMP and MKL); see `_update_threads` for the update's."""
-        if self.cfg.mutator_threads > 0:
+        if self.cfg.mutator.threads > 0:
             import torch
 
-            torch.set_num_threads(self.cfg.mutator_threads)
+            torch.set_num_threads(self.cfg.mutator.threads)
         return run()
 
     @contextlib.contextmanager
@@ -599,11 +464,11 @@ class Trainer:
         import torch
 
         on_cpu = not str(self.cfg.device).startswith("cuda")
-        if job is None or not on_cpu or self.cfg.mutator_threads <= 0:  # never job.done(): timing-dependent
+        if job is None or not on_cpu or self.cfg.mutator.threads <= 0:  # never job.done(): timing-dependent
             yield
             return
         before = torch.get_num_threads()
-        torch.set_num_threads(max(1, before - self.cfg.mutator_threads))
+        torch.set_num_threads(max(1, before - self.cfg.mutator.threads))
         try:
             yield
         finally:
@@ -622,7 +487,7 @@ class Trainer:
     def evaluate(self, principles: Sequence[str], n_problems: int, samples: int = 1, split: str = "test") -> float:
         """Mean reward of a prompt on the first `n_problems` tasks of a split with the current weights."""
         cfg = self.cfg
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
                                 seed=derive_seed(cfg.seed, "eval", self.step_count))
         episodes = [self._episode(i, principles, derive_seed(cfg.seed, "eval", i, s))
                     for i in range(n_problems) for s in range(samples)]
@@ -648,7 +513,7 @@ class Trainer:
         self._write_csv()
         ckpt.write_json_atomic(self.run_dir / "pool.json", self.pool.to_dict())
         self._tensorboard(m)
-        if self.cfg.checkpoint_every and self.step_count % self.cfg.checkpoint_every == 0:
+        if self.cfg.output.checkpoint_every and self.step_count % self.cfg.output.checkpoint_every == 0:
             self.save()
 
     def _write_csv(self) -> None:
@@ -682,17 +547,18 @@ class Trainer:
         import torch
 
         state = {"step": self.step_count, "pool": self.pool.to_dict(), "metrics": [asdict(m) for m in self.metrics],
-                 "config": asdict(self.cfg)}
+                 "config": self.cfg.to_dict()}
         tensors = {}
         if self.learning:
             tensors = {n: p.detach().cpu().clone() for n, p in self.policy.model.named_parameters() if p.requires_grad}
         ckpt.save(self.run_dir, state, tensors, self.optimizer.state_dict() if self.optimizer else None,
                   {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
+        self.checkpointed_steps = self.step_count
 
     def _restore(self, loaded: ckpt.Checkpoint) -> None:
         import torch
 
-        self.step_count = int(loaded.state["step"])
+        self.step_count = self.checkpointed_steps = int(loaded.state["step"])
         self.pool = PromptPool.from_dict(loaded.state["pool"])
         self.metrics = [StepMetrics(**m) for m in loaded.state["metrics"]]
         if self.learning and loaded.tensors:
@@ -706,7 +572,39 @@ class Trainer:
             torch.set_rng_state(loaded.rng["torch"])
             random.setstate(loaded.rng["python"])
             np.random.set_state(loaded.rng["numpy"])
-        self._write_csv()  # drop rows of a step that was cut off after its row was written
+        # drop what a step cut off after the checkpoint wrote (its metrics row, its mutation record): the
+        # resumed run writes them again
+        self._write_csv()
+        self._truncate_jsonl("mutations.jsonl")
+
+    def _truncate_jsonl(self, name: str) -> None:
+        path = self.run_dir / name
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["step"]) < self.step_count:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut off by a kill
+        tmp = path.with_name(name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+
+    def _record_resume(self, changes: dict[str, tuple[Any, Any]]) -> None:
+        """The original config.toml is never rewritten; a resume with changes writes the config it runs with
+        to config.resume-N.toml, and every resume appends its step and changes to resumes.jsonl."""
+        n = sum(1 for _ in self.run_dir.glob("config.resume-*.toml")) + 1
+        record: dict[str, Any] = {"step": self.step_count, "changes": {k: list(v) for k, v in changes.items()}}
+        if changes:
+            path = self.run_dir / f"config.resume-{n}.toml"
+            path.write_text(self.cfg.to_toml())
+            record["config"] = path.name
+            log.warning("resumed at step %d with changes: %s (recorded in %s)", self.step_count,
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), path.name)
+        with open(self.run_dir / "resumes.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -714,6 +612,7 @@ class Trainer:
             self.mutator.close()
         if self._tb:
             self._tb.close()
+        self._close_rollout()
 
     def train(self, steps: int, on_step: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:
         """Run until `steps` steps are done in total (a resumed run continues from its checkpoint)."""

@@ -14,72 +14,91 @@ from rich.console import Console
 console = Console()
 
 
+def fail(message: str) -> None:
+    """An expected error: one line, exit code 2 (the code of every espl command for bad input)."""
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def _show_config() -> None:
+    from rich.table import Table
+
+    from espl.trainer.config import describe_fields
+
+    table = Table(title="TrainConfig: --set KEY=VALUE, or [section] tables in a --config TOML file",
+                  show_lines=False)
+    for col in ("key", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for row in describe_fields():
+        table.add_row(*row)
+    Console(width=max(console.width, 160)).print(table)
+
+
 def train(
     steps: int = typer.Option(10, "--steps", help="Train until this many steps are done in total."),
     out: Path = typer.Option(Path("runs/espl"), "--out", help="RUN_DIR: config, metrics, pool, TensorBoard, checkpoint."),
     mode: Optional[str] = typer.Option(None, "--mode", help="espl (default) | rl (fixed prompt) | evolve (no weight update)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of TrainConfig fields."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value override (repeatable), e.g. --set loss=cispo."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR's checkpoint (exactly)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of TrainConfig fields, one table per section."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value override (repeatable), e.g. "
+                                                                 "--set loss.name=cispo; --show-config lists the keys."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR's run from its checkpoint, with its config "
+                                                        "(--set changes steps, cadence, logging; recorded in the run)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy model alias, hub id or path (default smollm2-135m)."),
     env: Optional[str] = typer.Option(None, "--env", help="Env id (default espl/Math-v0); multi-turn tool envs work too."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Where rollouts run: local (default) | ray (docs/scaling.md)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, HOST:PORT); default: a private one here."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Rollout workers on Ray (default 2)."),
+    show_config: bool = typer.Option(False, "--show-config", help="List every config key with its default and meaning, then exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library progress bars and warnings too."),
 ) -> None:
     """Train with E-SPL (or its ablations) on embedded defaults: SmolLM2-135M, espl/Math-v0, CPU."""
-    import logging
+    if show_config:
+        _show_config()
+        return
+    from espl.cli.output import quiet_libraries, step_line
 
-    from espl.trainer.espl import TrainConfig, Trainer
+    quiet_libraries(verbose)
+    from espl.trainer.checkpoint import CheckpointError
+    from espl.trainer.config import ConfigError
+    from espl.trainer.espl import TrainConfig, Trainer, resumed_config
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if resume and config is None and not set_ and (out / "config.toml").is_file():
-        config = out / "config.toml"  # a resumed run keeps its own configuration unless told otherwise
+    explicit = {"mode": mode, "seed": seed, "model": model, "env": env, "scaleout.backend": backend,
+                "scaleout.ray_address": ray_address, "scaleout.workers": ray_workers}
     try:
-        cfg = TrainConfig.from_sources(config, set_ or (), mode=mode, seed=seed, model=model, env=env, backend=backend,
-                                       ray_address=ray_address, ray_workers=ray_workers)
-    except (ValueError, TypeError, OSError) as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2)
-    if (out / "checkpoint").exists() and not resume:
-        console.print(f"[red]{out} already holds a run[/red]; pass --resume to continue it or choose another --out")
-        raise typer.Exit(2)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if resume:
+            cfg = resumed_config(out, config, set_ or (), **explicit)
+        else:
+            if (out / "checkpoint").exists() or (out / "checkpoint.prev").exists():
+                fail(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
+            cfg = TrainConfig.from_sources(config, set_ or (), **explicit)
+    except (ConfigError, CheckpointError) as exc:
+        fail(str(exc))
 
     console.print(f"[bold]espl train[/bold] mode={cfg.mode} env={cfg.env} model={cfg.model} "
-                  f"B={cfg.batch_problems} M={cfg.prompts_per_step} N={cfg.rollouts_per_pair} -> {out}")
-    rollout_fn, close = None, lambda: None
-    policy = None
-    if cfg.backend == "ray":
-        from espl.agents.distributed import RayRollout, WorkerPolicy
-        from espl.trainer.espl import build_policy
+                  f"B={cfg.data.batch_problems} M={cfg.selection.prompts_per_step} N={cfg.rollout.rollouts_per_pair}"
+                  f"{' backend=ray' if cfg.scaleout.backend == 'ray' else ''} -> {out}", soft_wrap=True)
+    try:
+        trainer = Trainer(cfg, out, resume=resume)
+    except (ConfigError, CheckpointError) as exc:
+        fail(str(exc))
+    if resume:
+        console.print(f"resumed at step {trainer.step_count}", soft_wrap=True)
 
-        policy = build_policy(cfg)  # trained here; each worker builds its own copy and gets the adapter each step
-        rr = RayRollout(WorkerPolicy.from_policy(policy, device="cuda" if cfg.ray_gpus_per_worker > 0 else "cpu"),
-                        address=cfg.ray_address or None, num_workers=cfg.ray_workers,
-                        cpus_per_worker=cfg.ray_cpus_per_worker, gpus_per_worker=cfg.ray_gpus_per_worker)
-        rollout_fn, close = rr.rollout, rr.close
-        console.print(f"rollouts on Ray: {cfg.ray_workers} workers ({cfg.ray_address or 'a private instance on 127.0.0.1'})")
-    trainer = Trainer(cfg, out, resume=resume, policy=policy, rollout_fn=rollout_fn)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("steps", total=steps, completed=trainer.step_count)
+    def on_step(m) -> None:
+        console.print(step_line(m, steps), soft_wrap=True, markup=False, highlight=False)
 
-        def on_step(m) -> None:
-            progress.console.print(
-                f"step {m.step:4d}  reward {m.mean_reward:.3f}  pool {m.pool_size:3d}  best μ {m.best_mu:.2f}±{m.best_sigma:.2f}"
-                f"  skip {m.skip_ratio:.2f}  mutation {m.mutation}  time {m.time_total:.1f}s "
-                f"(rollout {m.time_rollout:.1f} / update {m.time_update:.1f} / mutation {m.time_mutation:.1f})"
-            )
-            progress.update(task, completed=m.step + 1)
-
-        try:
-            trainer.train(steps, on_step)
-        finally:
-            close()
-    console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves")
+    try:
+        trainer.train(steps, on_step)
+    except KeyboardInterrupt:
+        console.print(f"interrupted in step {trainer.step_count + 1}/{steps}; the checkpoint holds "
+                      f"{trainer.checkpointed_steps} finished steps. Continue with: espl train --out {out} --resume "
+                      f"--steps {steps}", soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
+    console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves",
+                  soft_wrap=True)
 
 
 def _load_pool(run_dir: Path) -> dict:

@@ -152,8 +152,9 @@ def test_training_steps_on_ray_equal_local_steps(ray_cluster, tmp_path):
     from espl.agents.distributed import RayRollout, WorkerPolicy
     from espl.trainer.espl import TrainConfig, Trainer, build_policy
 
-    cfg = TrainConfig(mode="rl", batch_problems=2, rollouts_per_pair=4, max_new_tokens=24, temperature=1.0, seed=3,
-                      learning_rate=1e-3)
+    cfg = TrainConfig.from_dict({"mode": "rl", "data.batch_problems": 2, "rollout.rollouts_per_pair": 4,
+                                 "rollout.max_new_tokens": 24, "rollout.temperature": 1.0, "seed": 3,
+                                 "optimizer.learning_rate": 1e-3})
     local = Trainer(cfg, tmp_path / "local")
     local.train(2)
     policy = build_policy(cfg)

@@ -25,8 +25,9 @@ def run_dir(tmp_path_factory):
     from espl.trainer.espl import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("run") / "my-run"
-    cfg = TrainConfig(mode="rl", model="smollm2-135m", lora_rank=4, lora_alpha=8, max_new_tokens=16)
-    policy = HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha))
+    cfg = TrainConfig.from_dict({"mode": "rl", "model": "smollm2-135m", "lora.rank": 4, "lora.alpha": 8,
+                                 "rollout.max_new_tokens": 16})
+    policy = HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha))
     trainer = Trainer(cfg, out, policy=policy)
     trainer.pool.add(("Show your working.", "End with 'Answer: <number>'."), 30.0, 1.0, parents=(0,),
                      op="mutation", birth_step=0)  # best by mu - 2 sigma (28)

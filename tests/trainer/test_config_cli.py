@@ -17,10 +17,13 @@ from espl.trainer.pool import PromptPool
 
 def test_sources_layer_in_order(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('loss = "cispo"\nbatch_problems = 3\nfixed_principles = ["Be brief."]\n[env_kwargs]\nmax_attempts = 2\n')
-    cfg = TrainConfig.from_sources(f, ["batch_problems=5", "selection=lucb", "learning_rate=2e-5"], seed=9, mode=None)
-    assert (cfg.loss, cfg.batch_problems, cfg.selection, cfg.learning_rate, cfg.seed) == ("cispo", 5, "lucb", 2e-5, 9)
-    assert cfg.fixed_principles == ("Be brief.",) and cfg.env_kwargs == {"max_attempts": 2}
+    f.write_text('[loss]\nname = "cispo"\n[data]\nbatch_problems = 3\n[selection]\nfixed_principles = ["Be brief."]\n'
+                 '[env_kwargs]\nmax_attempts = 2\n')
+    cfg = TrainConfig.from_sources(f, ["data.batch_problems=5", "selection.strategy=lucb", "optimizer.learning_rate=2e-5"],
+                                   seed=9, mode=None)
+    assert (cfg.loss.name, cfg.data.batch_problems, cfg.selection.strategy, cfg.optimizer.learning_rate, cfg.seed) == (
+        "cispo", 5, "lucb", 2e-5, 9)
+    assert cfg.selection.fixed_principles == ("Be brief.",) and cfg.env_kwargs == {"max_attempts": 2}
     again = tmp_path / "again.toml"
     again.write_text(cfg.to_toml())
     assert TrainConfig.from_sources(again) == cfg
@@ -30,14 +33,14 @@ def test_sources_layer_in_order(tmp_path):
 
 @pytest.mark.parametrize("override, match", [
     ("batch_problem=3", "did you mean batch_problems"),
-    ("loss=ppo", "loss: must be one of"),
-    ("batch_problems=0", "batch_problems: must be >= 1"),
-    ("crossover_prob=2", "crossover_prob"),
-    ("mutator=endpoint", "mutator_base_url"),
+    ("loss.name=ppo", "loss.name = 'ppo': must be one of .*did you mean 'ppo_clip'"),
+    ("data.batch_problems=0", "data.batch_problems = 0: must be >= 1"),
+    ("crossover.prob=2", "crossover.prob = 2.0: must be <= 1"),
+    ("mutator.kind=endpoint", "mutator.base_url: required"),
     ("nonsense", "expected key=value"),
-    ("max_batch=0", "max_batch: must be >= 1"),
-    ("dtype=fp8", "dtype: must be one of"),
-    ("mutator_threads=-1", "mutator_threads: must be >= 0"),
+    ("max_batch=0", "max_batch = 0: must be >= 1"),
+    ("dtype=fp8", "dtype = 'fp8': must be one of"),
+    ("mutator.threads=-1", "mutator.threads = -1: must be >= 0"),
 ])
 def test_bad_config_names_the_field(override, match):
     with pytest.raises(ValueError, match=match):
@@ -46,13 +49,14 @@ def test_bad_config_names_the_field(override, match):
 
 def test_paper_constants():
     p = TrainConfig.paper()
-    assert (p.batch_problems, p.prompts_per_step, p.rollouts_per_pair, p.lora_rank, p.learning_rate) == (10, 3, 5, 32, 4e-5)
-    assert (p.trueskill_mu, p.trueskill_sigma, p.trueskill_beta, p.trueskill_tau, p.trueskill_draw_probability) == (
-        25.0, 25 / 3, 25 / 6, 25 / 300, 0.10)
+    assert (p.data.batch_problems, p.selection.prompts_per_step, p.rollout.rollouts_per_pair, p.lora.rank,
+            p.optimizer.learning_rate, p.selection.placement) == (10, 3, 5, 32, 4e-5, "user")
+    t = p.trueskill
+    assert (t.mu, t.sigma, t.beta, t.tau, t.draw_probability) == (25.0, 25 / 3, 25 / 6, 25 / 300, 0.10)
 
 
 def test_batches_cover_each_epoch_once_and_are_stateless():
-    cfg = TrainConfig(train_problems=10, batch_problems=4)
+    cfg = TrainConfig.from_dict({"data.train_problems": 10, "data.batch_problems": 4})
     epoch0 = [i for s in range(3) for i in batch_indices(cfg, s)]  # 4 + 4 + 2
     assert sorted(epoch0) == list(range(10))
     assert batch_indices(cfg, 3) != batch_indices(cfg, 0) or batch_indices(cfg, 4) != batch_indices(cfg, 1)
@@ -98,8 +102,8 @@ def test_prompts_and_plot_commands(tmp_path):
 
 def test_train_refuses_to_overwrite_and_reports_bad_config(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "loss=nope"])
-    assert res.exit_code == 2 and "loss: must be one of" in res.output
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "loss.name=nope"])
+    assert res.exit_code == 2 and "loss.name = 'nope': must be one of" in res.output
     (tmp_path / "r" / "checkpoint").mkdir(parents=True)
     res = runner.invoke(app, ["train", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--resume" in res.output
@@ -114,7 +118,7 @@ def test_crossover_inputs_from_score_matrix():
     pool = PromptPool(100)
     a, b, c = (pool.add((f"rule {i} for tests",), 25.0, 8.0) for i in range(3))
     trainer = Trainer.__new__(Trainer)
-    trainer.cfg = TrainConfig(tie_tolerance=0.01)
+    trainer.cfg = TrainConfig.from_dict({"trueskill.tie_tolerance": 0.01})
     # rewards [M=3 slots, B=4 problems, N=2]: slot order a, b, c
     rewards = np.array([
         [[1, 1], [0, 0], [1, 0], [0, 0]],   # a wins problem 0 alone; ties b on problem 2
@@ -128,3 +132,143 @@ def test_crossover_inputs_from_score_matrix():
     assert wins == [["question 0"], ["question 1"]]
     # the best prompt won nothing alone: no crossover (reference: set A needs a win)
     assert trainer._crossover_inputs([a, b, c], c, rewards, slot_of, tasks) is None
+
+
+# ---- issue 13: resume reads the run's config; bad input is one line, exit 2, before any model loads ----------
+
+
+def _no_model(monkeypatch):
+    """Any model load fails the test: validation must happen before."""
+    import espl.trainer.espl as espl_mod
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(espl_mod, "build_policy", boom)
+    monkeypatch.setattr(espl_mod, "build_mutator", boom)
+
+
+def _checkpointed_run(tmp_path, **changes):
+    """A RUN_DIR as `espl train` leaves it after 2 steps (config.toml + a checkpoint), without a model."""
+    cfg = TrainConfig.from_dict({"rollout.rollouts_per_pair": 2, "data.batch_problems": 3, **changes})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(cfg.to_toml())
+    pool = PromptPool(100)
+    pool.add((), 25.0, 25 / 3)
+    ckpt.save(run, {"step": 2, "pool": pool.to_dict(), "metrics": [], "config": cfg.to_dict()}, {}, None, None)
+    return run, cfg
+
+
+def test_resume_keeps_the_runs_config_and_applies_set_on_top(tmp_path):
+    from espl.trainer.espl import resumed_config
+
+    run, original = _checkpointed_run(tmp_path)
+    cfg = resumed_config(run, None, ["rollout.max_new_tokens=40", "evaluation.every=5"])
+    # before: every other field returned to its default (rollouts_per_pair 2 -> 4); after: the run's own
+    assert (cfg.rollout.rollouts_per_pair, cfg.data.batch_problems) == (2, 3)
+    assert (cfg.rollout.max_new_tokens, cfg.evaluation.every) == (40, 5)
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--env", "espl/ToolMath-v0"], "env"),
+    (["--set", "lora.rank=8"], "lora.rank"),
+    (["--set", "lora_rank=8"], "lora.rank"),
+    (["--model", "qwen2.5-coder-0.5b"], "model"),
+    (["--mode", "rl"], "mode"),
+    (["--set", "selection.placement=user"], "selection.placement"),
+    (["--set", "env_kwargs.max_attempts=3"], "env_kwargs"),
+])
+def test_resume_refuses_changes_that_void_the_checkpoint(tmp_path, monkeypatch, args, field):
+    _no_model(monkeypatch)
+    run, _ = _checkpointed_run(tmp_path)
+    before = (run / "config.toml").read_text()
+    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", *args])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: a resumed run keeps"), res.output
+    assert (run / "config.toml").read_text() == before  # never overwritten
+
+
+def test_resume_on_a_dir_without_a_run_is_an_error(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "typo"), "--resume"])
+    assert res.exit_code == 2 and "holds no run" in res.output and "Traceback" not in res.output
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "config.toml").write_text("")
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "started"), "--resume"])
+    assert res.exit_code == 2 and "has not finished a step" in res.output
+
+
+def test_resume_with_a_damaged_checkpoint_says_why(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    run, _ = _checkpointed_run(tmp_path)
+    (run / "checkpoint" / "state.json").write_text('{"step": 2, "po')  # truncated
+    res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
+    assert res.exit_code == 2 and "state.json is unreadable" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("override, match", [
+    ("learning_rate=abc", "optimizer.learning_rate = 'abc': must be a number"),
+    ("temperature=-1", "rollout.temperature = -1.0: must be >= 0"),
+    ("env_kwargs=5", "env_kwargs = 5: must be a table"),
+    ("device=gpu", "device = 'gpu': not a device; use cpu, cuda"),
+    ("batch_problems=1.7", "data.batch_problems = 1.7: must be a whole number"),
+    ("mutator.constrained=maybe", "mutator.constrained = 'maybe': must be true or false"),
+    ("env=espl/Mth-v0", "Did you mean: 'espl/Math-v0'"),
+    ("env_kwargs.bogus=1", "env_kwargs.bogus: espl/Math-v0 takes no such argument"),
+    ("rollout=3", "rollout is a section"),
+    ("mutator.max_tokens=256", "unknown config key .did you mean mutator"),
+    ("rollout.top_p=0", "rollout.top_p = 0.0: must be > 0"),
+])
+def test_cli_bad_values_one_line_exit_2_no_model(monkeypatch, tmp_path, override, match):
+    _no_model(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", override])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    import re
+
+    assert re.search(match, errors[0]), errors[0]
+
+
+def test_values_that_used_to_go_wrong_now_parse_right(caplog):
+    cfg = TrainConfig.from_sources(None, ["fixed_principles=Be brief.", 'mutator_constrained="no"'])
+    assert cfg.selection.fixed_principles == ("Be brief.",)  # before: one principle per character
+    assert cfg.mutator.constrained is False  # before: "no" counted as on
+    assert "'fixed_principles' is deprecated; use 'selection.fixed_principles'" in caplog.text
+    assert TrainConfig.from_sources(None, ["mutator.constrained=off"]).mutator.constrained is False
+    toml = TrainConfig.from_dict({"selection": {"fixed_principles": "Be brief."}})
+    assert toml.selection.fixed_principles == ("Be brief.",)
+    assert TrainConfig.from_sources(None, ["data.batch_problems=2.0"]).data.batch_problems == 2
+
+
+def test_legacy_flat_toml_still_loads(tmp_path):
+    f = tmp_path / "old.toml"
+    f.write_text('mode = "rl"\nlora_rank = 8\nmutator = "policy"\nmutator_summary_tokens = 20\nloss = "cispo"\n'
+                 'eval_every = 3\nray_workers = 4\n')
+    cfg = TrainConfig.from_sources(f)
+    assert (cfg.mode, cfg.lora.rank, cfg.mutator.kind, cfg.mutator.summary_tokens, cfg.loss.name,
+            cfg.evaluation.every, cfg.scaleout.workers) == ("rl", 8, "policy", 20, "cispo", 3, 4)
+
+
+def test_show_config_lists_every_field():
+    from espl.trainer.config import all_keys
+
+    res = CliRunner().invoke(app, ["train", "--show-config"], terminal_width=250)
+    assert res.exit_code == 0
+    for key in all_keys():
+        assert key in res.output, key
+    assert "LoRA rank" in res.output and "'reinforce_is'" in res.output
+
+
+def test_toml_falls_back_to_tomli(monkeypatch):
+    """Python 3.10 has no tomllib: the tomli backport (pyproject: tomli; python_version < '3.11') is used."""
+    import sys
+
+    pytest.importorskip("tomli")
+    from espl.trainer import config
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails as on 3.10
+    assert config.toml_module().__name__ == "tomli"
+    assert TrainConfig.from_sources(None, ["seed=4"]).seed == 4

@@ -62,9 +62,10 @@ def scripted_llm(prompt: str) -> str:
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(env=PARITY_ID, batch_problems=2, prompts_per_step=2, rollouts_per_pair=4, max_new_tokens=12,
-                train_problems=16, learning_rate=1e-3, seed=3)
-    return TrainConfig(**{**base, **kw})
+    """A small config; `kw` in dotted keys, e.g. tiny(**{"rollout.max_new_tokens": 8})."""
+    base = {"env": PARITY_ID, "data.batch_problems": 2, "selection.prompts_per_step": 2, "rollout.rollouts_per_pair": 4,
+            "rollout.max_new_tokens": 12, "data.train_problems": 16, "optimizer.learning_rate": 1e-3, "seed": 3}
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def lora_params(policy) -> dict[str, torch.Tensor]:
@@ -72,7 +73,7 @@ def lora_params(policy) -> dict[str, torch.Tensor]:
 
 
 def test_one_real_step_updates_lora_grows_pool_and_rates_like_trueskill(tmp_path):
-    cfg = tiny(prompts_per_step=3)
+    cfg = tiny(**{"selection.prompts_per_step": 3})
     policy = build_policy(cfg)
     trainer = Trainer(cfg, tmp_path / "run", policy=policy, mutator=ScriptedMutator(scripted_llm))
     # a second prompt in the pool, so the step plays a real match between two distinct prompts
@@ -94,7 +95,7 @@ def test_one_real_step_updates_lora_grows_pool_and_rates_like_trueskill(tmp_path
     order = sorted(dict.fromkeys(ids), key=lambda i: score[i], reverse=True)
     ranks = [0]
     for a, b in zip(order, order[1:]):
-        ranks.append(ranks[-1] + (score[a] - score[b] > cfg.tie_tolerance))
+        ranks.append(ranks[-1] + (score[a] - score[b] > cfg.trueskill.tie_tolerance))
     env = trueskill.TrueSkill(mu=25, sigma=25 / 3, beta=25 / 6, tau=25 / 300, draw_probability=0.10)
     expected = env.rate([(env.create_rating(*before[i]),) for i in order], ranks=ranks)
     for i, (rating,) in zip(order, expected):
@@ -139,19 +140,36 @@ def comparable(trainer: Trainer) -> tuple:
 
 
 def test_resume_is_exact(tmp_path):
-    cfg = tiny(batch_problems=1, rollouts_per_pair=3, max_new_tokens=8)
+    cfg = tiny(**{"data.batch_problems": 1, "rollout.rollouts_per_pair": 3, "rollout.max_new_tokens": 8})
     full = Trainer(cfg, tmp_path / "full", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
     full.train(4)
     first = Trainer(cfg, tmp_path / "split", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm))
     first.train(2)
-    resumed = Trainer(cfg, tmp_path / "split", policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm), resume=True)
+    split = tmp_path / "split"
+    original_config = (split / "config.toml").read_text()
+    with open(split / "mutations.jsonl", "a") as f:  # as if killed in step 2 after its mutation was logged
+        f.write(json.dumps({"step": 2, "reason": "cut off"}) + "\n")
+    resumed = Trainer(cfg, split, policy=build_policy(cfg), mutator=ScriptedMutator(scripted_llm), resume=True)
     assert resumed.step_count == 2
     resumed.train(4)
     assert comparable(resumed) == comparable(full)
     a, b = lora_params(full.policy), lora_params(resumed.policy)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    with open(tmp_path / "split" / "metrics.csv") as f:
+    with open(split / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+    # 13.10: no duplicate mutation rows after a resume; the rows equal the uninterrupted run's
+    rows = [json.loads(line) for line in (split / "mutations.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert (split / "mutations.jsonl").read_text() == (tmp_path / "full" / "mutations.jsonl").read_text()
+    # 13.1: a resume with a safe change keeps config.toml and records the change
+    more = cfg.replace(**{"evaluation.every": 5, "output.checkpoint_every": 2})
+    again = Trainer(more, split, policy=build_policy(more), mutator=ScriptedMutator(scripted_llm), resume=True)
+    again.close()
+    assert (split / "config.toml").read_text() == original_config
+    assert TrainConfig.from_sources(split / "config.resume-1.toml") == more
+    log = [json.loads(line) for line in (split / "resumes.jsonl").read_text().splitlines()]
+    assert log[0] == {"step": 2, "changes": {}}
+    assert log[1]["step"] == 4 and log[1]["changes"] == {"evaluation.every": [0, 5], "output.checkpoint_every": [1, 2]}
 
 
 def _rows(run: Path) -> list[dict]:
@@ -165,9 +183,9 @@ def _rows(run: Path) -> list[dict]:
 def test_kill_9_during_a_step_then_resume(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "espl", "train", "--steps", "3", "--out", str(run), "--seed", "1",
-            "--set", "batch_problems=2", "--set", "rollouts_per_pair=2", "--set", "max_new_tokens=16",
-            "--set", "mutator_summary_tokens=16", "--set", "mutator_critique_tokens=48",
-            "--set", "mutator_revision_tokens=48"]
+            "--set", "data.batch_problems=2", "--set", "rollout.rollouts_per_pair=2", "--set", "rollout.max_new_tokens=16",
+            "--set", "mutator.summary_tokens=16", "--set", "mutator.critique_tokens=48",
+            "--set", "mutator.revision_tokens=48"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 900
@@ -201,8 +219,8 @@ def test_llamacpp_mutator_is_the_base_gguf_constrained_and_stops_with_the_traine
     require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
     from espl.trainer.espl import build_mutator
 
-    cfg = tiny(mutator="llamacpp", rollouts_per_pair=4, max_new_tokens=12, mutator_summary_tokens=24,
-               mutator_critique_tokens=32, mutator_revision_tokens=48)
+    cfg = tiny(**{"mutator.kind": "llamacpp", "rollout.rollouts_per_pair": 4, "rollout.max_new_tokens": 12,
+                  "mutator.summary_tokens": 24, "mutator.critique_tokens": 32, "mutator.revision_tokens": 48})
     mutator = build_mutator(cfg, None)
     assert mutator.constrained and mutator.policy.base_url.startswith("http://127.0.0.1:")
     trainer = Trainer(cfg, tmp_path / "run", mutator=mutator)
@@ -210,7 +228,7 @@ def test_llamacpp_mutator_is_the_base_gguf_constrained_and_stops_with_the_traine
     log = (tmp_path / "run" / "mutations.jsonl").read_text()
     assert m.mutation == json.loads(log.splitlines()[-1])["reason"]
     for rec in trainer.pool.records:
-        assert all(isinstance(p, str) and p.strip() and len(p.split()) <= cfg.max_principle_words for p in rec.principles)
+        assert all(isinstance(p, str) and p.strip() and len(p.split()) <= cfg.mutator.max_principle_words for p in rec.principles)
     url = mutator.policy.base_url
     trainer.close()
     assert mutator.policy.owned_server is None
@@ -240,8 +258,9 @@ def test_multi_turn_episodes_train_only_on_policy_tokens(tmp_path):
         captured.extend(out)
         return out
 
-    cfg = TrainConfig(mode="rl", env="espl/Math-v0", env_kwargs={"max_attempts": 2}, batch_problems=2,
-                      prompts_per_step=1, rollouts_per_pair=4, max_new_tokens=24, seed=1)
+    cfg = TrainConfig.from_dict({"mode": "rl", "env": "espl/Math-v0", "env_kwargs": {"max_attempts": 2},
+                                 "data.batch_problems": 2, "selection.prompts_per_step": 1,
+                                 "rollout.rollouts_per_pair": 4, "rollout.max_new_tokens": 24, "seed": 1})
     trainer = Trainer(cfg, None, rollout_fn=capture)
     m = trainer.step()
     trainer.close()

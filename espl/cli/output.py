@@ -1,0 +1,44 @@
+"""What the commands print: quiet libraries by default (`-v` shows them), one unwrapped line per step."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """No "Loading weights" / download bars and no library FutureWarnings unless `verbose`.
+
+    Set before transformers / huggingface_hub are imported (they read the variables at import), and again
+    through their logging APIs in case they already were."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*tensorboard.*")
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "torch", "urllib3", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import sys
+
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def step_line(m: Any, total: int) -> str:
+    """One line per step, whatever the terminal width (printed with soft_wrap: never wrapped)."""
+    tools = ""
+    if getattr(m, "tool_calls", 0) or getattr(m, "tool_errors", 0):
+        tools = f"  tools {m.tool_calls} ({m.tool_errors} errors)"
+    return (f"step {m.step + 1}/{total}  reward {m.mean_reward:.3f}  pool {m.pool_size}  "
+            f"best #{m.best_id} μ {m.best_mu:.2f}±{m.best_sigma:.2f}  skip {m.skip_ratio:.2f}  loss {m.loss:.4g}  "
+            f"mutation {m.mutation}{tools}  time {m.time_total:.1f}s "
+            f"(rollout {m.time_rollout:.1f} / update {m.time_update:.1f} / mutation {m.time_mutation:.1f})")
