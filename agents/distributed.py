@@ -37,39 +37,14 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from espl.agents.errors import RolloutError
-from espl.agents.policy import Policy
+from espl.agents.policy import AdapterFilePolicy, Policy, PolicySpec, TrainablePolicy, build_policy
 from espl.agents.rollout import Episode, RolloutStats, rollout, with_sample_seeds
 from espl.types import SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-
-Backend = Literal["hf", "openai", "vllm"]
-
-
-def _build_hf(kwargs: Mapping[str, Any]) -> Policy:
-    from espl.agents.hf import HFPolicy
-
-    return HFPolicy(**kwargs)
-
-
-def _build_openai(kwargs: Mapping[str, Any]) -> Policy:
-    from espl.agents.openai_policy import OpenAIPolicy
-
-    return OpenAIPolicy(**kwargs)
-
-
-def _build_vllm(kwargs: Mapping[str, Any]) -> Policy:
-    from espl.agents.vllm_policy import VLLMPolicy
-
-    return VLLMPolicy(**kwargs)
-
-
-_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Policy]] = {"hf": _build_hf, "openai": _build_openai,
-                                                               "vllm": _build_vllm}
-
 
 def write_peft_adapter(directory: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     """Write a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) from a LoRA config
@@ -94,64 +69,63 @@ def _jsonable(x: Any) -> Any:
 
 @dataclass(frozen=True)
 class WorkerPolicy:
-    """How each worker builds its policy: the backend's class and its constructor arguments.
+    """How each worker builds its policy: a `PolicySpec`, built there by `build_policy`.
 
     The driver's policy object never travels (a model does not pickle cheaply); each worker builds its own.
     `torch_threads` caps the CPU threads of a worker's torch (one per CPU Ray gives the worker is right).
     """
 
-    backend: Backend
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    spec: PolicySpec
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in _BUILDERS:
-            raise ValueError(f"backend: must be one of {sorted(_BUILDERS)}, got {self.backend!r}")
+        if not isinstance(self.spec, PolicySpec):
+            raise ValueError(f"spec: must be a PolicySpec (backend, model, ...), got {self.spec!r}")
+        if self.spec.backend == "llamacpp":
+            raise ValueError("backend: a llama.cpp server per Ray worker is not supported; start one server and "
+                             "give the workers PolicySpec(backend='openai', base_url=its URL)")
+
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
 
     @classmethod
-    def hf(cls, model: str | None = None, **kwargs: Any) -> "WorkerPolicy":
-        """An `HFPolicy(model, **kwargs)` on each worker (e.g. `lora=LoraSettings(...)`, `device="cuda"`)."""
-        return cls("hf", {"model": model, **kwargs} if model is not None else dict(kwargs))
+    def hf(cls, model: str = "smollm2-135m", **spec_fields: Any) -> "WorkerPolicy":
+        """An HF policy on each worker (e.g. `lora=LoraSettings(...)`, `device="cuda"`): PolicySpec fields."""
+        return cls(PolicySpec(backend="hf", model=model, **spec_fields))
 
     @classmethod
-    def vllm(cls, model: str | None = None, **kwargs: Any) -> "WorkerPolicy":
-        """A `VLLMPolicy(model, **kwargs)` on each worker (its own GPU: `gpus_per_worker=1`); the driver's
-        LoRA adapter reaches it as a PEFT directory written on the worker (`load_adapter`)."""
-        return cls("vllm", {"model": model, **kwargs} if model is not None else dict(kwargs))
+    def vllm(cls, model: str = "smollm2-135m", **spec_fields: Any) -> "WorkerPolicy":
+        """A vLLM engine on each worker (its own GPU: `gpus_per_worker=1`); the driver's LoRA adapter reaches
+        it as a PEFT directory written on the worker (`load_adapter`)."""
+        return cls(PolicySpec(backend="vllm", model=model, **spec_fields))
 
     @classmethod
-    def openai(cls, **kwargs: Any) -> "WorkerPolicy":
-        """An `OpenAIPolicy(**kwargs)` on each worker (base_url, model, api_key, ...)."""
-        return cls("openai", dict(kwargs))
+    def openai(cls, **spec_fields: Any) -> "WorkerPolicy":
+        """An OpenAI-compatible client on each worker (base_url, model, tool_format, ...: PolicySpec fields)."""
+        return cls(PolicySpec(backend="openai", **spec_fields))
 
     @classmethod
     def from_policy(cls, policy: Any, device: str | None = None) -> "WorkerPolicy":
-        """The recipe that rebuilds `policy` on a worker: an HFPolicy loaded by name, or an OpenAIPolicy."""
-        recipe = getattr(policy, "worker_recipe", None)
-        if callable(recipe):  # a backend may describe itself
-            return recipe()
-        kind = type(policy).__name__
-        if kind == "HFPolicy":
-            spec = getattr(policy, "spec", None)
-            if spec is None:
-                raise ValueError("policy: an HFPolicy built from a model object cannot be rebuilt on a worker; "
-                                 "pass RayRollout(policy_factory=WorkerPolicy.hf(NAME, ...)) instead")
-            import torch
-
-            dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
-                next(policy.model.parameters()).dtype, "auto")
-            kwargs: dict[str, Any] = {"model": spec.name, "lora": policy.lora, "dtype": dtype,
-                                      "max_batch": policy.max_batch, "device": device or str(policy.device)}
-            return cls("hf", kwargs)
-        raise ValueError(f"policy: cannot derive a worker recipe from a {kind}; pass policy_factory=WorkerPolicy"
-                         ".hf(...) / WorkerPolicy.openai(...) or a zero-argument callable returning a Policy")
+        """The recipe that rebuilds `policy` on a worker: its `policy_spec()` (HF loaded by name, or a client)."""
+        if isinstance(policy, RebuildablePolicy):
+            return cls(policy.policy_spec(device))
+        raise ValueError(f"policy: cannot derive a worker recipe from a {type(policy).__name__}; pass "
+                         "policy_factory=WorkerPolicy(PolicySpec(...)) or a zero-argument callable returning a Policy")
 
     def build(self) -> Policy:
         if self.torch_threads:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        return _BUILDERS[self.backend](self.kwargs)
+        return build_policy(self.spec)
+
+
+@runtime_checkable
+class RebuildablePolicy(Protocol):
+    """A policy that can say how to build it again elsewhere (HFPolicy loaded by name, OpenAIPolicy)."""
+
+    def policy_spec(self, device: str | None = None) -> PolicySpec: ...
 
 
 PolicyFactory = WorkerPolicy | Callable[[], Policy]
@@ -180,6 +154,7 @@ class RolloutWorker:
 
         self.policy = factory.build() if isinstance(factory, WorkerPolicy) else factory()
         self.adapter_version = -1
+        self._adapter_root: str | None = None  # PEFT directories written for AdapterFilePolicy engines
         self.working = 0  # episodes of the chunk in progress (read by `busy` from Ray's second actor thread)
         if adapter is not None:
             self.load_adapter(adapter)
@@ -196,30 +171,22 @@ class RolloutWorker:
         return self.adapter_version
 
     def load_adapter(self, adapter: dict[str, Any]) -> int:
-        """Load LoRA weights ({"version": int, "state": peft state dict, "config": LoRA config dict}) into
-        this worker's policy: in place for a PEFT model (HFPolicy), through a PEFT directory for engines
-        that load adapters from disk (VLLMPolicy.load_adapter)."""
-        from peft import set_peft_model_state_dict
-
-        model = getattr(self.policy, "model", None)
-        if (model is None or not hasattr(model, "peft_config")) and hasattr(self.policy, "load_adapter"):
+        """Load LoRA weights ({"version": int, "state": PEFT state dict, "config": LoRA config dict}) into
+        this worker's policy: in place for a trainable policy (HF + PEFT), through a PEFT directory for engines
+        that load adapters from disk (vLLM)."""
+        if isinstance(self.policy, TrainablePolicy):
+            self.policy.load_peft_adapter(adapter["state"])
+        elif isinstance(self.policy, AdapterFilePolicy):
             import tempfile
 
-            if not hasattr(self, "_adapter_root"):
+            if self._adapter_root is None:
                 self._adapter_root = tempfile.mkdtemp(prefix="espl-ray-adapter-")
             path = write_peft_adapter(os.path.join(self._adapter_root, f"v{adapter['version']}"),
                                       adapter["config"], adapter["state"])
             self.policy.load_adapter(path)
-            self.adapter_version = int(adapter["version"])
-            return self.adapter_version
-        if model is None or not hasattr(model, "peft_config"):
-            raise ValueError("adapter: this worker's policy has no LoRA adapter; build it with lora=LoraSettings(...) "
-                             "matching the driver's")
-        result = set_peft_model_state_dict(model, adapter["state"])
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        if missing:
-            raise ValueError(f"adapter: {len(missing)} LoRA weights were not in the state pushed (e.g. {missing[0]}); "
-                             "the worker's LoraSettings must match the driver's")
+        else:
+            raise ValueError(f"adapter: this worker's {type(self.policy).__name__} takes no LoRA adapter; give the "
+                             "workers a spec with lora=LoraSettings(...) matching the driver's")
         self.adapter_version = int(adapter["version"])
         return self.adapter_version
 
@@ -345,12 +312,9 @@ class RayRollout:
         self._ray.get([a.load_adapter.remote(self._adapter_ref) for a in self._actors])
 
     def _sync_from(self, policy: Any) -> None:
-        model = getattr(policy, "model", None)
-        if getattr(policy, "lora", None) is None or model is None or not hasattr(model, "peft_config"):
-            return
-        from peft import get_peft_model_state_dict
-
-        self.sync_weights(get_peft_model_state_dict(model), next(iter(model.peft_config.values())).to_dict())
+        adapter = policy.peft_adapter() if isinstance(policy, TrainablePolicy) else None
+        if adapter is not None:
+            self.sync_weights(*adapter)
 
     # ---- the rollout -------------------------------------------------------------------------------------
     def rollout(

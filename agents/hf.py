@@ -17,8 +17,11 @@ because a rollout needs four things `generate` does not give together:
 truncation (T = 1 when greedy, i.e. the model's own log-prob). Prompts are left-padded; positions come
 from the attention mask, so padding never shifts a row's positions.
 
-The LoRA adapter (`lora=LoraSettings(...)`) is what the trainer trains through `.model`; the mutator asks
-for the frozen base model with `with policy.adapter_disabled(): ...`.
+`HFPolicy` has every capability of agents/policy.py: `TokenPolicy`, `TrainablePolicy` (the LoRA adapter
+`lora=LoraSettings(...)` is what the trainer trains: `trainable_parameters()`, `trajectory_logprobs(...)`,
+`adapter_state()`; the mutator asks for the frozen base model with `with policy.adapter_disabled(): ...`) and
+`JsonPolicy` (`generate_json`: grammar-constrained JSON through xgrammar, agents/hf_constrained.py).
+`.model` is the torch module (PEFT-wrapped when there is an adapter); only this backend knows transformers.
 """
 
 from __future__ import annotations
@@ -30,33 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
+from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
-from espl.types import Completion, Message, SamplingParams
+from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """A PEFT LoRA adapter on the policy (E-SPL default rank 32)."""
-
-    r: int = 32
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"lora.r: must be >= 1, got {self.r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
-
-    def peft_config(self) -> Any:
-        from peft import LoraConfig
-
-        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
 
 
 @dataclass
@@ -123,7 +104,8 @@ class HFPolicy:
         self.stop_ids = self._stop_ids()
         self.last_stats = GenerationStats()
         self.tokens_generated = 0  # cumulative, across calls
-        self.max_context = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
+        self.max_context: int | None = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
+        self._json: Any = None  # XGrammarJson, built on the first generate_json call
 
     # ---- adapter ----------------------------------------------------------------------------------------
     @property
@@ -149,15 +131,139 @@ class HFPolicy:
         with self.model.disable_adapter():
             yield self
 
+    # ---- TrainablePolicy ---------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[Any]:
+        """The tensors the optimizer updates (the LoRA weights; empty without an adapter)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def adapter_state(self) -> dict[str, Any]:
+        """The trainable tensors by parameter name, detached CPU copies (a checkpoint's adapter.safetensors)."""
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_adapter_state(self, state: dict[str, Any]) -> None:
+        """Copy tensors saved by `adapter_state` into the model; names it lacks are refused (ValueError) before
+        anything is copied (an adapter trained with another model or LoRA shape)."""
+        import torch
+
+        named = dict(self.model.named_parameters())
+        unknown = sorted(set(state) - set(named))
+        if unknown:
+            raise ValueError(f"adapter: {len(unknown)} weights do not fit {self.name} with "
+                             f"{'no LoRA' if self.lora is None else f'LoRA r={self.lora.r}'} (unknown parameters, "
+                             f"e.g. {unknown[0]}); build the policy with the LoRA settings the adapter was trained with")
+        bad = [n for n, v in state.items() if tuple(v.shape) != tuple(named[n].shape)]
+        if bad:
+            raise ValueError(f"adapter: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the model's is "
+                             f"{tuple(named[bad[0]].shape)}; the LoRA rank differs from the adapter's")
+        with torch.no_grad():
+            for name, value in state.items():
+                named[name].copy_(value)
+
+    def peft_adapter(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(PEFT state dict, LoRA config dict) of the adapter, as PEFT saves it; None without one."""
+        if self.lora is None:
+            return None
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model), next(iter(self.model.peft_config.values())).to_dict()
+
+    def load_peft_adapter(self, state: dict[str, Any]) -> None:
+        """Load a PEFT state dict (from `peft_adapter`) into this policy's adapter; every LoRA weight must be there."""
+        if self.lora is None:
+            raise ValueError("adapter: this policy has no LoRA adapter; build it with lora=LoraSettings(...) "
+                             "matching the adapter's")
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state)
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing:
+            raise ValueError(f"adapter: {len(missing)} LoRA weights were not in the state given (e.g. {missing[0]}); "
+                             "the LoraSettings must match the adapter's")
+
+    def set_training(self, training: bool) -> None:
+        """Train mode (dropout on) for an update, eval mode for generation."""
+        self.model.train(training)
+
+    def trajectory_logprobs(self, trajectories: Sequence[Trajectory], advantages: Sequence[float],
+                            temperature: float) -> TrajectoryLogprobs:
+        """The RL loss's inputs for one micro-batch: per-token log π_θ (with gradient) of each trajectory's
+        recorded token ids at `temperature`, the sampling-time log-probs, the generated-token mask and the
+        advantages, all shaped [batch, positions predicted].
+
+        Sequences are right-padded; position j predicts token j+1. Logits are computed only from the position
+        before the first generated token on: the prompt's positions carry no loss, so the LM head (a fifth of
+        SmolLM2's FLOPs) skips them.
+        """
+        import torch
+
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(t.token_ids) for t in trajectories)
+        n = len(trajectories)
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        attn = torch.zeros((n, width), dtype=torch.long)
+        old, mask, adv = torch.zeros((n, width)), torch.zeros((n, width)), torch.zeros((n, width))
+        for j, (t, a) in enumerate(zip(trajectories, advantages)):
+            L = len(t.token_ids)
+            ids[j, :L] = torch.tensor(t.token_ids)
+            attn[j, :L] = 1
+            old[j, :L] = torch.tensor(t.logprobs, dtype=torch.float32)
+            mask[j, :L] = torch.tensor(t.mask, dtype=torch.float32)
+            adv[j, :L] = a
+        start = max(int(mask.argmax(dim=1).min()) - 1, 0)
+        device = next(self.model.parameters()).device
+        ids, attn = ids.to(device), attn.to(device)
+        logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        targets = ids[:, start + 1:]
+        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        sl = slice(start + 1, None)
+        return TrajectoryLogprobs(lp, old[:, sl].to(device), mask[:, sl].to(device), adv[:, sl].to(device))
+
+    # ---- JsonPolicy ----------------------------------------------------------------------------------------
+    def generate_json(self, conversations: Sequence[Sequence[Message]], params: SamplingParams,
+                      schemas: Sequence[dict]) -> list[str]:
+        """One reply per conversation decoded under its JSON schema (xgrammar; agents/hf_constrained.py), with
+        the weights as they are (inside `adapter_disabled()`: the base model). ImportError without xgrammar."""
+        if self._json is None:
+            from espl.agents.hf_constrained import XGrammarJson
+
+            self._json = XGrammarJson(self.model, self.tokenizer)
+        if not conversations:
+            return []
+        return self._json(conversations, params, schemas)
+
+    @property
+    def json_failures(self) -> int:
+        """Rows of `generate_json` ended because a sampled token broke the grammar (counted as invalid)."""
+        return 0 if self._json is None else self._json.failures
+
+    # ---- rebuilding (Ray workers) ----------------------------------------------------------------------------
+    def policy_spec(self, device: str | None = None) -> PolicySpec:
+        """The `PolicySpec` that rebuilds this policy elsewhere (adapter weights travel separately)."""
+        if self.spec is None:
+            raise ValueError("policy: an HFPolicy built from a model object cannot be rebuilt on a worker; "
+                             "pass RayRollout(policy_factory=WorkerPolicy(PolicySpec(model=NAME, ...))) instead")
+        import torch
+
+        dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
+            next(self.model.parameters()).dtype, "auto")
+        return PolicySpec(backend="hf", model=self.spec.name, lora=self.lora, dtype=dtype, max_batch=self.max_batch,
+                          device=device or str(self.device))
+
     # ---- Policy ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Nothing to stop (the weights go with the object)."""
+
     def generate(
         self,
         conversations: Sequence[Sequence[Message]],
         params: SamplingParams,
         tools: Sequence[dict[str, Any]] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         rendered = [self.renderer.start(conv, tools) for conv in conversations]
-        return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered])
+        return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered], seeds=seeds)
 
     def generate_tokens(
         self,

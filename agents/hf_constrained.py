@@ -1,6 +1,6 @@
-"""Grammar-constrained JSON generation for HF transformers models (xgrammar), used by the LLM mutator so
-that a 135M model still writes operations that parse. Policies with their own grammar support (e.g. a
-llama.cpp server's `json_schema`) provide `generate_json` instead and this module is not used.
+"""Grammar-constrained JSON generation for HF transformers models (xgrammar): `HFPolicy.generate_json`
+(the `JsonPolicy` capability), which the LLM mutator uses so that a 135M model still writes operations that
+parse. Other backends constrain in their own way (an OpenAI-compatible server's `response_format`).
 """
 
 from __future__ import annotations
@@ -66,20 +66,19 @@ class _GrammarMask:
 
 
 class XGrammarJson:
-    """`generate_json(conversations, params, schemas) -> texts` over `policy.model` / `policy.tokenizer`.
+    """`(conversations, params, schemas) -> texts` over a transformers model and its tokenizer.
 
     Each conversation is decoded under its own JSON schema (xgrammar's HF logits processor takes one
     compiled grammar per batch row). Sampling is seeded with `params.seed` without disturbing the
-    global torch RNG. When the policy exposes `base_model()` (a context manager that disables its LoRA
-    adapter) the caller decides which weights generate; this class uses the model as it is.
+    global torch RNG. The model is used as it is: `HFPolicy.adapter_disabled()` around the call makes it
+    the frozen base model.
     """
 
-    def __init__(self, policy: Any):
+    def __init__(self, model: Any, tokenizer: Any):
         import xgrammar as xgr
 
-        self.policy = policy
-        self.model = policy.model
-        self.tokenizer = policy.tokenizer
+        self.model = model
+        self.tokenizer = tokenizer
         vocab = getattr(self.model.config, "vocab_size", None)
         info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
         self._compiler = xgr.GrammarCompiler(info)

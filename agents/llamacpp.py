@@ -66,9 +66,10 @@ class LlamaCppServer:
         self.close()
 
 
-def llamacpp_policy(model: str, *, threads: int = 1, parallel: int = 4, ctx_per_slot: int = 2048) -> Any:
+def llamacpp_policy(model: str, *, threads: int = 1, parallel: int = 4, ctx_per_slot: int = 2048,
+                    tool_format: str = "native") -> Any:
     """An `OpenAIPolicy` on a llama.cpp server of `model` (an alias or a .gguf path) that it owns:
-    `policy.close()` stops the server."""
+    `policy.close()` stops the server. (`build_policy(PolicySpec(backend="llamacpp", ...))` calls this.)"""
     from espl.agents.models import resolve_model
     from espl.agents.openai_policy import OpenAIPolicy
 
@@ -77,6 +78,7 @@ def llamacpp_policy(model: str, *, threads: int = 1, parallel: int = 4, ctx_per_
         raise ValueError(f"model: {model!r} is not a GGUF model; llama.cpp serves GGUF files (an alias such as "
                          "smollm2-135m or qwen2.5-coder-0.5b, or a path to a .gguf)")
     server = LlamaCppServer(spec.gguf_path, threads=threads, parallel=parallel, ctx_per_slot=ctx_per_slot)
-    policy = OpenAIPolicy(server.url, model=spec.name, max_concurrency=parallel, timeout_s=600.0)
+    policy = OpenAIPolicy(server.url, model=spec.name, max_concurrency=parallel, timeout_s=600.0,
+                          tool_format=tool_format)  # type: ignore[arg-type]
     policy.owned_server = server
     return policy

@@ -21,10 +21,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from espl.agents.errors import GenerationError
+from espl.agents.errors import GenerationError, error_kind
 from espl.types import Completion, Message, SamplingParams
+
+if TYPE_CHECKING:
+    from espl.agents.policy import PolicySpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class OpenAIPolicy:
         if tool_format not in ("native", "hermes"):
             raise ValueError(f"tool_format: must be 'native' or 'hermes', got {tool_format!r}")
         self.base_url = base_url.rstrip("/")
-        self.model = model
+        self.served_model = model  # the model name sent in each request (what the server serves)
         self.name = model
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
@@ -70,6 +73,15 @@ class OpenAIPolicy:
         self.tokens_generated = 0  # completion tokens reported by the server, cumulative
         self._lock = threading.Lock()
         self.owned_server: Any = None  # a server this policy started (agents/llamacpp.py): stopped by close()
+
+    def policy_spec(self, device: str | None = None) -> "PolicySpec":
+        """The `PolicySpec` that rebuilds this client elsewhere (a Ray worker); the key is not carried (workers
+        read $OPENAI_API_KEY). A policy owning a llama.cpp server is rebuilt as a client of that server."""
+        from espl.agents.policy import PolicySpec
+
+        return PolicySpec(backend="openai", model=self.served_model, base_url=self.base_url,
+                          tool_format=self.tool_format, max_concurrency=self.max_concurrency,
+                          timeout_s=self.timeout_s, retries=self.retries)
 
     def close(self) -> None:
         if self.owned_server is not None:
@@ -107,6 +119,7 @@ class OpenAIPolicy:
             return []
         results: list[Completion | None] = [None] * len(convs)
         errors: list[str | None] = [None] * len(convs)
+        kinds: list[Any] = [None] * len(convs)
 
         def work(i: int) -> None:
             try:
@@ -114,6 +127,7 @@ class OpenAIPolicy:
                                        None if response_formats is None else response_formats[i])
             except Exception as exc:  # reported together below, with the finished ones kept
                 errors[i] = f"{type(exc).__name__}: {exc}"
+                kinds[i] = error_kind(exc, constrained=response_formats is not None)
 
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(convs))) as pool:
             list(pool.map(work, range(len(convs))))
@@ -122,7 +136,7 @@ class OpenAIPolicy:
             raise GenerationError(
                 f"{len(failed)} of {len(convs)} requests to {self.base_url} failed after {self.retries} retries "
                 f"(first: {errors[failed[0]]}); the {len(convs) - len(failed)} finished completions are kept "
-                "in .completions", results, errors)
+                "in .completions", results, errors, kinds)
         return results  # type: ignore[return-value]
 
     # ---- one request ------------------------------------------------------------------------------------
@@ -130,7 +144,7 @@ class OpenAIPolicy:
                  index: int, seed: int | None = None, response_format: dict | None = None) -> dict[str, Any]:
         messages = [_wire(m) for m in conv]
         req: dict[str, Any] = {
-            "model": self.model, "messages": messages, "temperature": params.temperature,
+            "model": self.served_model, "messages": messages, "temperature": params.temperature,
             "top_p": params.top_p, "max_tokens": params.max_new_tokens,
         }
         if seed is not None:

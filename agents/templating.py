@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
-from espl.types import Completion, Message, SamplingParams
+from espl.types import Message
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +148,5 @@ def _clean(m: Message) -> dict[str, Any]:
     return d
 
 
-@runtime_checkable
-class TokenPolicy(Protocol):
-    """A `Policy` that also takes prompts as token ids: what token-exact multi-turn rollouts need.
-
-    The rollout renders the first prompt with `renderer.start`, and every later prompt as the previous
-    prompt ids + the generated ids + `renderer.continuation(...)`, then calls `generate_tokens`.
-    """
-
-    name: str
-    renderer: ChatRenderer
-
-    def generate_tokens(
-        self,
-        prompts: Sequence[Sequence[int]],
-        params: SamplingParams,
-        prompt_texts: Sequence[str | None] | None = None,
-        seeds: Sequence[int] | None = None,  # one sampling seed per prompt (row draws independent of the batch)
-    ) -> list[Completion]: ...
+# `TokenPolicy` (a Policy that takes token ids and has a `renderer`) lives with the other capabilities.
+from espl.agents.policy import TokenPolicy  # noqa: E402,F401

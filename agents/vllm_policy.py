@@ -93,6 +93,13 @@ class VLLMPolicy:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._pushes = 0
         self.tokens_generated = 0
+        self.max_context: int | None = max_model_len
+
+    def close(self) -> None:
+        """Drop the temporary adapter directories (the engine goes with the object)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     # ---- adapters --------------------------------------------------------------------------------------
     def load_adapter(self, path: str | Path, name: str | None = None) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from espl.agents.policy import LoraSettings, Policy, PolicySpec, build_policy
 from espl.leaderboard.runner import file_sha256
 
 Label = Literal["newest", "best"]
@@ -85,33 +86,30 @@ def read_run(run_dir: str | Path) -> TrainedRun:
     picks: list[tuple[str, Any]] = [("newest+best", newest)] if newest.id == best.id else [("newest", newest), ("best", best)]
     prompts = tuple(
         TrainedPrompt(label=label, prompt_id=r.id, principles=tuple(r.principles), mu=r.mu, sigma=r.sigma,
-                      text=prompt_text(r.principles, cfg.placement))
+                      text=prompt_text(r.principles, cfg.selection.placement))
         for label, r in picks
     )
     return TrainedRun(run_dir=run_dir, config=cfg, step=step, prompts=prompts, adapter_path=adapter_path,
                       adapter_hash=file_sha256(str(adapter_path)) if adapter_path else None)
 
 
-def load_policy(run: TrainedRun, **policy_kwargs: Any) -> Any:
-    """The run's model with its LoRA adapter weights, as the trainer restores them (HF backend)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from espl.agents.hf import HFPolicy, LoraSettings
-
+def policy_spec(run: TrainedRun, **spec_fields: Any) -> PolicySpec:
+    """The `PolicySpec` of the run's model with its LoRA adapter weights (HF backend); `spec_fields` add
+    placement (`device=...`, `dtype=...`)."""
     cfg = run.config
     if run.adapter_path is None:
-        return HFPolicy(model=cfg.model, **policy_kwargs)
-    policy = HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout),
-                      **policy_kwargs)
-    tensors = load_file(str(run.adapter_path))
-    named = dict(policy.model.named_parameters())
-    unknown = sorted(set(tensors) - set(named))
-    if unknown:
-        raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {cfg.model} with LoRA r={cfg.lora_rank} "
-                          f"(unknown parameters, e.g. {unknown[0]})")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            named[name].copy_(value)
-    policy.model.eval()
-    return policy
+        return PolicySpec(backend="hf", model=cfg.model, **spec_fields)
+    return PolicySpec(backend="hf", model=cfg.model, adapter=str(run.adapter_path),
+                      lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout), **spec_fields)
+
+
+def load_policy(run: TrainedRun, **spec_fields: Any) -> Policy:
+    """The run's model with its LoRA adapter weights, as the trainer restores them (`build_policy`)."""
+    spec = policy_spec(run, **spec_fields)
+    try:
+        return build_policy(spec)
+    except ValueError as exc:
+        if spec.adapter and str(exc).startswith("adapter:"):
+            raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {spec.model} with LoRA "
+                              f"r={spec.lora.r if spec.lora else 0} ({exc})") from None
+        raise

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 import jsonschema
 
 from espl.agents.errors import GenerationError
-from espl.agents.policy import Policy
+from espl.agents.policy import JsonPolicy, Policy
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
@@ -389,23 +389,30 @@ JsonGenerate = Callable[[Sequence[Sequence[Message]], SamplingParams, Sequence[d
 
 
 def json_backend(policy: Any) -> JsonGenerate | None:
-    """A function generating schema-constrained JSON with this policy, or None when it has no grammar
-    support: a policy's own `generate_json(conversations, params, schemas)` (e.g. llama.cpp `json_schema`),
-    else xgrammar over the HF model and tokenizer it exposes."""
-    own = getattr(policy, "generate_json", None)
-    if callable(own):
-        return own
-    if getattr(policy, "model", None) is not None and getattr(policy, "tokenizer", None) is not None:
-        try:
-            from espl.trainer.constrained import XGrammarJson
-
-            return XGrammarJson(policy)
-        except ImportError as exc:  # xgrammar missing: fall back to free text, counted as unconstrained
-            log.warning("xgrammar unavailable (%s); mutator replies are NOT grammar-constrained", exc)
-    return None
+    """A function generating schema-constrained JSON with this policy (`JsonPolicy.generate_json`: xgrammar
+    for HF, `response_format` for servers), or None when the policy has no grammar support."""
+    if not isinstance(policy, JsonPolicy):
+        return None
+    try:  # an empty call sets the backend's grammar machinery up (xgrammar's compiler for HF)
+        policy.generate_json([], SamplingParams(), [])
+    except ImportError as exc:  # xgrammar missing: fall back to free text, counted as unconstrained
+        log.warning("xgrammar unavailable (%s); mutator replies are NOT grammar-constrained", exc)
+        return None
+    return policy.generate_json
 
 
 # ---- the LLM mutator --------------------------------------------------------------------------------------
+
+
+class MutatorCallFailed(Exception):
+    """An LLM call of the mutator failed (after the backend's retries); `reason` is the mutation outcome it
+    becomes: "mutator_" + the backend's ErrorKind ("mutator_timeout", "mutator_context_overflow", ...)."""
+
+    def __init__(self, cause: GenerationError):
+        kinds = sorted(cause.failed_kinds) or ["error"]
+        super().__init__(f"mutator_{kinds[0]}")
+        self.reason = f"mutator_{kinds[0]}"
+        self.cause = cause
 
 
 def label(principles: Sequence[str], prefix: str = "G") -> dict[str, str]:
@@ -470,7 +477,10 @@ class LLMMutator:
         if not prompts:
             return []
         convs = [[{"role": "user", "content": p}] for p in prompts]
-        completions: list[Completion] = self.policy.generate(convs, self._params(max_new_tokens, seed))
+        try:
+            completions: list[Completion] = self.policy.generate(convs, self._params(max_new_tokens, seed))
+        except GenerationError as exc:
+            raise MutatorCallFailed(exc) from exc
         replies = [c.text for c in completions]
         calls.extend(zip(prompts, replies))
         return replies
@@ -484,10 +494,11 @@ class LLMMutator:
         try:
             replies = self._json(convs, self._params(max_new_tokens, seed), list(schemas))
         except GenerationError as exc:
-            # a server that refuses `response_format` json_schema (HTTP 400) gets free text from now on;
-            # anything else (server down, timeouts after retries) is an infrastructure error and raises
-            if not all(e is None or e.startswith("BadRequestError") for e in exc.errors):
-                raise
+            # only a refusal of the schema itself turns constrained decoding off (free text from now on);
+            # any other failure (a prompt over the context, a timeout, a server error) is this mutation's
+            # outcome, counted under its kind, and the next step tries constrained again
+            if exc.failed_kinds != {"schema_refused"}:
+                raise MutatorCallFailed(exc) from exc
             log.warning("the mutator's server refused JSON-schema replies (%s); continuing UNCONSTRAINED "
                         "(replies parsed and validated as free text)", next(e for e in exc.errors if e))
             self._json = None
@@ -506,7 +517,18 @@ class LLMMutator:
 
     # -- step 6 --
     def mutate(self, parent: Sequence[str], groups: Sequence[RolloutGroup], seed: int) -> MutationResult:
-        s, rejected, calls = self.settings, Counter(), []
+        rejected: Counter = Counter()
+        calls: list = []
+        try:
+            return self._mutate(parent, groups, seed, rejected, calls)
+        except MutatorCallFailed as exc:  # the LLM failed: an outcome of this mutation, training goes on
+            log.warning("mutation failed (%s): %s", exc.reason, exc.cause)
+            rejected[exc.reason] += 1
+            return MutationResult(None, exc.reason, dict(rejected), tuple(calls), self.constrained)
+
+    def _mutate(self, parent: Sequence[str], groups: Sequence[RolloutGroup], seed: int, rejected: Counter,
+                calls: list) -> MutationResult:
+        s = self.settings
         mixed = [g for g in groups if g.mixed]  # (a) reference: mean strictly between 0 and 1 (0/1 rewards)
         if not mixed:
             return MutationResult(None, "no_mixed_problems", {}, (), self.constrained)
@@ -586,7 +608,18 @@ class LLMMutator:
 
     # -- step 7 --
     def crossover(self, parents: Sequence[Sequence[str]], wins: Sequence[Sequence[str]], seed: int) -> MutationResult:
-        s, rejected, calls = self.settings, Counter(), []
+        rejected: Counter = Counter()
+        calls: list = []
+        try:
+            return self._crossover(parents, wins, seed, rejected, calls)
+        except MutatorCallFailed as exc:
+            log.warning("crossover failed (%s): %s", exc.reason, exc.cause)
+            rejected[exc.reason] += 1
+            return MutationResult(None, exc.reason, dict(rejected), tuple(calls), self.constrained)
+
+    def _crossover(self, parents: Sequence[Sequence[str]], wins: Sequence[Sequence[str]], seed: int,
+                   rejected: Counter, calls: list) -> MutationResult:
+        s = self.settings
         prompt = CROSSOVER_HEAD
         for k, principles in enumerate(parents):
             name = chr(ord("A") + k)

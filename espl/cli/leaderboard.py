@@ -156,7 +156,7 @@ def eval_suite_command(
     suite: Optional[str],
     db: Optional[Path],
     from_run: Optional[Path],
-    make_policy,  # () -> Policy; called only when something is left to run
+    policy_spec,  # PolicySpec of the model to evaluate; built only when something is left to run
     model: str,
     backend: str,
     system_prompt: Optional[str],
@@ -179,37 +179,32 @@ def eval_suite_command(
     except SuiteError as exc:
         fail(str(exc))
 
-    jobs = []  # (agent spec, policy factory, extra run metadata)
+    jobs = []  # (agent spec, PolicySpec, extra run metadata)
     if from_run is not None:
-        from espl.leaderboard.from_run import RunDirError, load_policy, read_run
+        from espl.leaderboard.from_run import RunDirError, read_run
+        from espl.leaderboard.from_run import policy_spec as run_policy_spec
 
         if backend != "hf":
             fail("--from-run: the run's adapter is LoRA weights for the transformers backend; drop --base-url")
         try:
             run = read_run(from_run)
+            trained = run_policy_spec(run, device=policy_spec.device)
         except (RunDirError, ValueError, KeyError) as exc:
             fail(str(exc))
         if chosen is None:
             chosen = Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
                 SuiteEntry(run.config.env, episodes=episodes or 32, split="test", env_kwargs=dict(run.config.env_kwargs)),))
-        cached: dict = {}
-
-        def trained_policy():
-            if "policy" not in cached:  # one model load for both prompts
-                cached["policy"] = load_policy(run)
-            return cached["policy"]
-
         for p in run.prompts:
             spec = agent_spec(run.config.model, params, system_prompt=p.text, backend="hf",
-                              placement=run.config.placement, adapter=str(run.adapter_path) if run.adapter_path else None,
+                              placement=run.config.selection.placement, adapter=str(run.adapter_path) if run.adapter_path else None,
                               adapter_hash=run.adapter_hash, name=run.agent_name(p))
-            jobs.append((spec, trained_policy, {"from_run": {"run_dir": str(run.run_dir), "step": run.step,
-                                                             "prompt_id": p.prompt_id, "label": p.label,
-                                                             "mu": p.mu, "sigma": p.sigma}}))
+            jobs.append((spec, trained, {"from_run": {"run_dir": str(run.run_dir), "step": run.step,
+                                                      "prompt_id": p.prompt_id, "label": p.label,
+                                                      "mu": p.mu, "sigma": p.sigma}}))
     else:
         if chosen is None:
             raise ValueError("eval_suite_command: needs --suite or --from-run")
-        jobs.append((agent_spec(model, params, system_prompt=system_prompt, backend=backend, name=name), make_policy, {}))
+        jobs.append((agent_spec(model, params, system_prompt=system_prompt, backend=backend, name=name), policy_spec, {}))
 
     from espl.envs.registration import get_spec
 
@@ -219,18 +214,23 @@ def eval_suite_command(
     except Exception as exc:  # gymnasium's unregistered-env error, with its close matches
         fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}")
 
+    from espl.agents.policy import build_policy
+
+    built: dict = {}  # PolicySpec -> policy: one model load for jobs that share a spec (a run's two prompts)
     results = []
     with open_store(db) as store:
-        for spec, factory, extra in jobs:
+        for spec, pspec, extra in jobs:
             agent_id = store.add_agent(spec)
             left = sum(len(store.missing_episodes(agent_id, e)) for e in chosen.entries)
             if not as_json:
                 console.print(f"[bold]{spec.display_name}[/bold] on suite {chosen.name}: {left} of "
                               f"{chosen.num_episodes} episodes to run (db {store.path})")
             try:
-                policy = factory() if left else None
-            except (ValueError, FileNotFoundError, OSError) as exc:  # unknown alias, missing files
-                fail(f"--model: {exc}")
+                if left and pspec not in built:
+                    built[pspec] = build_policy(pspec)
+                policy = built[pspec] if left else None
+            except (ValueError, FileNotFoundError, OSError) as exc:  # unknown alias, missing files, unfit adapter
+                fail(f"{'--from-run' if pspec.adapter else '--model'}: {exc}")
             try:
                 results.append(_run_with_progress(store, chosen, spec, policy, params, extra, as_json,
                                                   chunk_size or DEFAULT_CHUNK, run_suite))

@@ -1,4 +1,4 @@
-"""Grammar-constrained JSON for the HF mutator (xgrammar), on the real packaged SmolLM2."""
+"""Grammar-constrained JSON of the HF backend (`HFPolicy.generate_json`, xgrammar), on the real packaged SmolLM2."""
 
 from __future__ import annotations
 
@@ -26,25 +26,26 @@ def policy():
 def test_constrained_replies_parse_and_follow_the_schema(policy):
     import jsonschema
 
-    from espl.trainer.constrained import XGrammarJson
+    from espl.agents.policy import JsonPolicy
     from espl.types import SamplingParams
 
-    gen = XGrammarJson(policy)
+    assert isinstance(policy, JsonPolicy)
     convs = [[{"role": "user", "content": "Write a haiku about the sea."}],
              [{"role": "user", "content": "Propose one rule for solving equations."}]]
-    replies = gen(convs, SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=64, seed=3), [SCHEMA, SCHEMA])
+    replies = policy.generate_json(convs, SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=64, seed=3),
+                                   [SCHEMA, SCHEMA])
     for reply in replies:
         jsonschema.validate(json.loads(reply), SCHEMA)
-    assert gen.failures == 0
+    assert policy.json_failures == 0
 
 
 def test_a_token_the_grammar_rejects_ends_that_row_instead_of_raising(policy):
     """xgrammar's own HF processor asserts here; ours marks the row failed and leaves it only its stop tokens."""
     import torch
 
-    from espl.trainer.constrained import XGrammarJson, _GrammarMask
+    from espl.agents.hf_constrained import XGrammarJson, _GrammarMask
 
-    gen = XGrammarJson(policy)
+    gen = XGrammarJson(policy.model, policy.tokenizer)
     grammar = gen._compiled(SCHEMA)
     vocab = policy.model.config.vocab_size
     eos = policy.tokenizer.eos_token_id

@@ -51,13 +51,14 @@ def ray_cluster():
 
 def test_bad_arguments_are_named():
     from espl.agents.distributed import RayRollout, WorkerPolicy
+    from espl.agents.policy import PolicySpec
 
     with pytest.raises(ValueError, match="num_workers"):
         RayRollout(WorkerPolicy.hf("smollm2-135m"), num_workers=0)
     with pytest.raises(ValueError, match="chunk_size"):
         RayRollout(WorkerPolicy.hf("smollm2-135m"), chunk_size=0)
     with pytest.raises(ValueError, match="backend"):
-        WorkerPolicy("vllm-typo")  # type: ignore[arg-type]
+        WorkerPolicy(PolicySpec(backend="vllm-typo"))  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ def test_adapter_is_applied(run_dir):
 
 
 def test_eval_from_run_stores_both_prompts(run_dir, tmp_path):
+    from espl.agents.policy import PolicySpec
     from espl.cli.leaderboard import eval_suite_command
     from espl.types import SamplingParams
 
@@ -82,7 +83,7 @@ def test_eval_from_run_stores_both_prompts(run_dir, tmp_path):
     suite.write_text(SUITE_TOML)
     db = tmp_path / "lb.db"
     params = SamplingParams(temperature=0.7, max_new_tokens=16, seed=0)
-    eval_suite_command(suite=str(suite), db=db, from_run=run_dir, make_policy=None, model="ignored", backend="hf",
+    eval_suite_command(suite=str(suite), db=db, from_run=run_dir, policy_spec=PolicySpec(), model="ignored", backend="hf",
                        system_prompt=None, params=params, as_json=True)
     with Store(db) as store:
         agents = store.agents()
