@@ -277,3 +277,19 @@ def test_official_checker_loads_without_bfcls_model_handlers():
     mod = bfcl.official_ast_checker()
     assert mod.__file__.endswith("bfcl_eval/eval_checker/ast_eval/ast_checker.py")
     assert "bfcl_eval.constants.model_config" not in sys.modules  # the stand-in lived only during the import
+
+
+def test_tools_suite_runs_held_out_bfcl_items_without_repeats():
+    bfcl = _bfcl()
+    from espl.envs.bfcl_multi_turn import MULTI_TURN_CATEGORIES, BFCLMultiTurnEnv
+    from espl.leaderboard.suites import load_suite
+
+    entries = [e for e in load_suite("tools").entries if e.env_id.startswith("espl/BFCL-")]
+    by_name = {**{n: (bfcl.BFCLEnv, c) for c, n in bfcl.AST_CATEGORIES.items()},
+               **{n: (BFCLMultiTurnEnv, c) for c, n in MULTI_TURN_CATEGORIES.items()}}
+    assert {e.env_id for e in entries} == {f"espl/BFCL-{n}-v0" for n in by_name}
+    for e in entries:
+        cls, category = by_name[e.env_id[len("espl/BFCL-"):-len("-v0")]]
+        env = cls(category=category, split=e.split)
+        assert e.split == "test" and e.seed == 0
+        assert 0 < e.episodes <= len(env.items), (e.env_id, e.episodes, len(env.items))
