@@ -211,6 +211,12 @@ An empty list is fine when the evidence supports no change."""
 JSON_ONLY_FINISH = "Reply with the JSON list of operations only."
 
 
+def _instruction_text() -> str:
+    texts = (SUMMARY_PROMPT, CRITIQUE_PROMPT, CRITIQUE_FINISH, REVISION_PROMPT, REVISION_FINISH, CROSSOVER_HEAD,
+             CROSSOVER_TASK, CROSSOVER_FINISH, JSON_ONLY_FINISH)
+    return "\n".join(re.sub(r"\{\w+\}", " | ", t) for t in texts)  # placeholders break n-grams
+
+
 # ---- JSON operations: schemas, extraction, validation -----------------------------------------------------
 
 _PRINCIPLE = {"type": "string", "minLength": 16, "maxLength": 300}  # 32 words fit; bounds constrained decoding
@@ -256,7 +262,7 @@ def crossover_schema(ids: Sequence[str]) -> dict:
         "properties": {"operation": {"const": "add"}, "evidence": evidence, "principle": _PRINCIPLE},
         "required": ["operation", "principle"],
     }
-    a_ids = [f"A.{i}" for i in ids]
+    a_ids = [f"A.{i}" for i in ids] + list(ids)  # set A's ids, with or without the "A." prefix (never B.G3)
     modify = {
         "type": "object",
         "properties": {"operation": {"const": "modify"}, "modified_from": _id_schema(a_ids), "evidence": evidence, "principle": _PRINCIPLE},
@@ -339,18 +345,49 @@ def _is_id_error(op: Any) -> bool:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL = re.compile(r"^\[?[A-Z]?\.?G\d+\]?[.:)]\s*|^\[\d+\][.:)]?\s*")  # "[G3].", "A.G1:", "[2]" (not "1000:")
+_WORD = re.compile(r"[^\W\d_]{2,}")  # a word of two letters or more (any script)
+_EDIT_VERB = re.compile(r"\b(add|added|adding|modif\w*|merg\w*|remov\w*|rewrit\w*|updat\w*|revis\w*)\b", re.I)
+_NGRAM = 5
 
 
-def clean_principle(text: str, max_words: int, rejected: Counter) -> str | None:
-    """One principle normalised to a single line, or None (counted) when empty or too long."""
+def _ngrams(text: str) -> set[tuple[str, ...]]:
+    words = [w.casefold() for w in _WORD.findall(text)]
+    return {tuple(words[i : i + _NGRAM]) for i in range(len(words) - _NGRAM + 1)}
+
+
+def prose_problem(text: str) -> str | None:
+    """Why `text` cannot be a principle, or None. The rule (ESPL issue 13.6):
+    - "echo": it repeats the mutator's own instructions: five consecutive words of one of its prompts, or it
+      is about editing principles (an editing verb, add/modify/merge/remove/rewrite/update/revise, next to
+      the word "principle"), e.g. "modify this principle", "the merged principle";
+    - "not_prose": fewer than three words of two or more letters, or letters and spaces are under half of
+      its characters, e.g. "g0.25.25.25.25.25.25".
+    """
+    words = _WORD.findall(text)
+    letters = sum(ch.isalpha() or ch.isspace() for ch in text)
+    if len(words) < 3 or letters < 0.5 * len(text):
+        return "not_prose"
+    if _ngrams(text) & _INSTRUCTION_NGRAMS or (_EDIT_VERB.search(text) and re.search(r"\bprinciples?\b", text, re.I)):
+        return "echo"
+    return None
+
+
+def clean_principle(text: str, max_words: int, rejected: Counter, prose: bool = True) -> str | None:
+    """One principle normalised to a single line, or None (counted) when empty, too long or (`prose`: for
+    text the mutator wrote) not a principle by `prose_problem`'s rule."""
     text = text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates from JSON "\ud800"
     text = " ".join(_CONTROL.sub(" ", text).split())
-    text = re.sub(r"^\[?[A-Z]?\.?G?\d+\]?[.:)]\s*", "", text)  # a model often repeats the "[G3]." label
+    text = _LABEL.sub("", text)  # a model often repeats the "[G3]." label; "1000: numbers..." is kept
     if not text:
         rejected["empty_principle"] += 1
         return None
     if len(text.split()) > max_words:
         rejected["too_long"] += 1
+        return None
+    problem = prose_problem(text) if prose else None
+    if problem is not None:
+        rejected[problem] += 1
         return None
     return text
 
@@ -365,7 +402,9 @@ def validate_principles(
         if not isinstance(p, str):
             rejected["schema"] += 1
             continue
-        clean = clean_principle(p, settings.max_principle_words, rejected)
+        # each new principle passed the prose rule when its operation was parsed; the parent's own (e.g. a
+        # user's fixed root "Be brief.") are kept as they are
+        clean = clean_principle(p, settings.max_principle_words, rejected, prose=False)
         if clean is None:
             continue
         key = clean.casefold()
@@ -381,6 +420,9 @@ def validate_principles(
     if tuple(out) == tuple(parent):
         return None, "unchanged"
     return tuple(out), "ok"
+
+
+_INSTRUCTION_NGRAMS = _ngrams(_instruction_text())
 
 
 # ---- constrained decoding --------------------------------------------------------------------------------

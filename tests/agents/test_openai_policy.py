@@ -201,9 +201,12 @@ def test_mutator_falls_back_to_free_text_when_the_server_refuses_json_schema():
     finally:
         srv.close()
     srv = ScriptedChatServer([(500, {"error": "down"})])
-    try:
+    try:  # a server error is this mutation's outcome (trainer/mutator.py MutatorCallFailed), not a schema refusal
+        from espl.trainer.mutator import MutatorCallFailed
+
         mutator = LLMMutator(OpenAIPolicy(srv.url, "m", retries=0), MutatorSettings())
-        with pytest.raises(GenerationError):
+        with pytest.raises(MutatorCallFailed, match="mutator_server_error"):
             mutator._chat_json(["critique this"], [{"type": "array"}], 32, 0, [])
+        assert mutator.constrained
     finally:
         srv.close()

@@ -12,6 +12,8 @@ from collections import Counter
 import pytest
 
 from espl.trainer.mutator import (
+    LLMMutator,
+    MutatorCallFailed,
     MutatorSettings,
     RolloutGroup,
     ScriptedMutator,
@@ -220,3 +222,125 @@ def test_parse_operations_counts_reasons():
     ops = parse_operations('[{"operation": "modify", "modified_from": "G4", "principle": "p"}, {"operation": "add"}]', schema, rejected)
     assert ops == []
     assert rejected == {"empty": 1, "json_error": 1, "unknown_id": 1, "schema": 1}
+
+
+# ---- issue 13.6: mutator failures are outcomes; only a schema refusal turns constrained decoding off ---------
+
+
+def _groups():
+    from espl.types import Trajectory
+
+    def traj(reward):
+        return Trajectory(env_id="espl/Math-v0", task_id="t0",
+                          messages=[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+                          reward=reward, reason="correct" if reward else "wrong_answer")
+
+    return [RolloutGroup("2+2?", "4", (traj(1.0), traj(0.0)))]
+
+
+@pytest.mark.parametrize("status, body, reason", [
+    (400, {"error": {"message": "the request exceeds the available context size, try increasing it"}},
+     "mutator_context_overflow"),  # before: a llama.cpp 400 for a long prompt ended the run
+    (500, {"error": {"message": "internal"}}, "mutator_server_error"),
+    (401, {"error": {"message": "bad key"}}, "mutator_refused"),
+])
+def test_server_failures_are_counted_outcomes(status, body, reason):
+    from espl.agents.openai_policy import OpenAIPolicy
+    from tests.agents.test_openai_policy import ScriptedChatServer
+
+    srv = ScriptedChatServer([(status, body)] * 8)
+    try:
+        mutator = LLMMutator(OpenAIPolicy(srv.url, "m", retries=0), MutatorSettings())
+        result = mutator.mutate(["Check units."], _groups(), seed=0)
+        assert result.principles is None and result.reason == reason and result.rejected[reason] == 1
+        assert mutator.constrained  # a failure that is not a schema refusal keeps constrained decoding on
+        cross = mutator.crossover([["Check units."], ["Answer last."]], [["q0"], ["q1"]], seed=0)
+        assert cross.principles is None and cross.reason == reason
+    finally:
+        srv.close()
+
+
+def test_timeout_is_an_outcome(monkeypatch):
+    """A server that never answers in time: `mutator_timeout`, and training could go on."""
+    import socket
+
+    from espl.agents.openai_policy import OpenAIPolicy
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never replies
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        mutator = LLMMutator(OpenAIPolicy(url, "m", retries=0, timeout_s=0.5), MutatorSettings())
+        result = mutator.mutate(["Check units."], _groups(), seed=0)
+        assert result.reason == "mutator_timeout", result
+    finally:
+        listener.close()
+
+
+def test_only_a_schema_refusal_turns_constrained_off():
+    from espl.agents.openai_policy import OpenAIPolicy
+    from tests.agents.test_openai_policy import ScriptedChatServer, chat_reply
+
+    overflow = (400, {"error": {"message": "the request exceeds the available context size"}})
+    srv = ScriptedChatServer([overflow, (400, {"error": {"message": "response_format json_schema is not supported"}}),
+                              (200, chat_reply('[{"operation": "add", "principle": "Check the units first."}]'))])
+    try:
+        mutator = LLMMutator(OpenAIPolicy(srv.url, "m", retries=0), MutatorSettings())
+        with pytest.raises(MutatorCallFailed, match="context_overflow"):
+            mutator._chat_json(["p"], [{"type": "array"}], 32, 0, [])
+        assert mutator.constrained  # before: any 400 turned it off for the rest of the run
+        replies = mutator._chat_json(["p"], [{"type": "array"}], 32, 0, [])
+        assert not mutator.constrained and "Check the units" in replies[0]
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("modify this principle", "echo"),  # seen in a default run (issue 13.6)
+    ("g0.25.25.25.25.25.25", "not_prose"),  # seen in a default run
+    ("the merged principle", "echo"),
+    ("Focus on strategic thinking patterns, not specific calculations.", "echo"),  # the revision prompt's rule 3
+    ("Add a new principle about units.", "echo"),
+    ("3.14159 * 2 = 6.28318", "not_prose"),
+    ("x x x", "not_prose"),
+    ("Check the units before adding numbers.", None),
+    ("Use a^2 + b^2 = c^2 for right triangles.", None),
+    ("Когда даны скорости, сначала запишите уравнение.", None),  # prose in any script
+])
+def test_prose_rule(text, problem):
+    from espl.trainer.mutator import prose_problem
+
+    assert prose_problem(text) == problem
+
+
+def test_echoes_and_number_soup_are_counted_not_kept():
+    script = lambda prompt: (json.dumps([{"operation": "add", "principle": "modify this principle"},  # noqa: E731
+                                         {"operation": "add", "principle": "g0.25.25.25.25.25.25"}])
+                             if "extract generalizable principles" in prompt else "[]" if "revision plan" in prompt
+                             else "1. ok")
+    m = ScriptedMutator(script, MutatorSettings(constrained=False, max_ops_per_problem=2))
+    result = m.mutate(("Be brief.",), GROUPS, seed=0)  # a user's short root principle is not re-judged
+    assert result.principles is None and result.reason == "no_valid_operations"
+    assert result.rejected["echo"] >= 1 and result.rejected["not_prose"] >= 1
+
+
+def test_label_stripping_keeps_numbers_that_are_content():
+    from espl.trainer.mutator import clean_principle
+
+    c = Counter()
+    assert clean_principle("1000: numbers above a thousand need a comma.", 32, c) == \
+        "1000: numbers above a thousand need a comma."  # before: "numbers above ..." (the 1000 was cut)
+    assert clean_principle("[G3]. Check the units first.", 32, c) == "Check the units first."
+    assert clean_principle("A.G1: Check the units first.", 32, c) == "Check the units first."
+    assert clean_principle("G12) Check the units first.", 32, c) == "Check the units first."
+
+
+def test_crossover_accepts_set_a_ids_without_prefix():
+    reply = json.dumps([{"operation": "modify", "modified_from": "G0", "principle": "Check the units twice."},
+                        {"operation": "remove", "remove_id": "G1"},
+                        {"operation": "remove", "remove_id": "B.G0"}])
+    m = ScriptedMutator(lambda prompt: reply)
+    result = m.crossover([["Check the units.", "Answer last."], ["Estimate first."]], [["q0"], ["q1"]], seed=0)
+    assert result.principles == ("Check the units twice.",)  # before: both rejected as unknown_id
+    assert result.rejected == {"unknown_id": 1}  # B's id may not edit A
