@@ -19,6 +19,14 @@ from rich.console import Console
 err_console = Console(stderr=True)
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2 (as every espl command)."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
 def read_prompt(value: Optional[str]) -> Optional[str]:
     """`TEXT` as it is, `@FILE` the file's text (trailing newline dropped); None stays None."""
     if value is None:
@@ -28,7 +36,11 @@ def read_prompt(value: Optional[str]) -> Optional[str]:
         if not path.is_file():
             raise typer.BadParameter(f"no such file {path} (write the prompt text, or @FILE for a file)",
                                      param_hint="--system-prompt")
-        return path.read_text(encoding="utf-8").rstrip("\n")
+        try:
+            return path.read_bytes().decode("utf-8").rstrip("\n")
+        except UnicodeDecodeError as exc:
+            fail(f"--system-prompt: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it, "
+                 f"e.g. `iconv -f latin1 -t utf-8 {path} > prompt.txt`")
     return value
 
 
@@ -69,7 +81,9 @@ def eval_command(
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Episodes live at once (default: all)."),
     device: str = typer.Option("cpu", "--device", help="transformers backend: cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (nothing else on stdout)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write trajectories.jsonl and summary.json here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write trajectories.jsonl (as episodes finish) and summary.json here."),
+    resume_out: bool = typer.Option(False, "--continue", help="Continue the interrupted evaluation in --out DIR "
+                                                              "(same options; finished episodes are kept)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="A leaderboard suite (name or TOML file)."),
     db: Optional[Path] = typer.Option(None, "--db", help="Leaderboard database (with --suite / --from-run)."),
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="Evaluate a training run's prompts + adapter."),
@@ -81,6 +95,17 @@ def eval_command(
     ray_workers: int = typer.Option(2, "--ray-workers", help="Rollout workers on Ray, each with its own policy."),
 ) -> None:
     """Evaluate a model and system prompt on an env: mean reward ± 95% CI, pass@k, reasons, tokens/s."""
+    for flag, value in (("--episodes", episodes), ("--samples", samples), ("--max-new-tokens", max_new_tokens),
+                        ("--max-batch", max_batch), ("--ray-workers", ray_workers), ("--chunk-size", chunk_size)):
+        if value is not None and value < 1:
+            fail(f"{flag} {value}: must be >= 1")
+    if seed < 0:
+        fail(f"--seed {seed}: must be >= 0 (task seeds are seed .. seed+episodes-1)")
+    if db is not None and env and not (suite or from_run):
+        fail("--db stores leaderboard suite results (--suite / --from-run); an --env evaluation is kept with "
+             "--out DIR (trajectories.jsonl, summary.json), or run it as a suite: --suite FILE.toml --db PATH")
+    if resume_out and out is None:
+        fail("--continue needs --out DIR (the directory of the interrupted evaluation)")
     from espl.types import SamplingParams
 
     prompt = read_prompt(system_prompt)
@@ -128,23 +153,83 @@ def eval_command(
         raise typer.BadParameter("which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME",
                                  param_hint="--env")
     _eval_env(env, make_policy, model, prompt, episodes or 32, samples, seed, split, params,
-              parse_env_args(env_arg), max_batch, as_json, out, ray)
+              parse_env_args(env_arg), max_batch, as_json, out, ray, resume_out)
+
+
+class _EpisodeLog:
+    """OUT/trajectories.jsonl written chunk by chunk while an evaluation runs, so Ctrl-C or a crash keeps the
+    finished episodes; `--continue` skips them (OUT/progress.json must hold the same options). Episodes get
+    their sampling seeds from their index in the whole evaluation before it is chunked, so a continued
+    evaluation samples what an uninterrupted one would."""
+
+    def __init__(self, out: Path, options: dict, resume: bool):
+        self.path, self.meta = out / "trajectories.jsonl", out / "progress.json"
+        self.done: list = []
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            from espl.types import Trajectory
+
+            if not self.meta.is_file() or not self.path.is_file():
+                fail(f"--continue: {out} holds no interrupted evaluation (no progress.json / trajectories.jsonl)")
+            before = json.loads(self.meta.read_text(encoding="utf-8"))
+            changed = sorted(k for k in set(before) | set(options) if before.get(k) != options.get(k))
+            if changed:
+                fail(f"--continue: {out} was evaluated with other options ({', '.join(changed)} differ); "
+                     "give the same options, or another --out")
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.done.append(Trajectory.from_dict(json.loads(line)))
+                except (json.JSONDecodeError, TypeError):
+                    break  # a line cut off by a kill: that episode runs again
+        self.meta.write_text(json.dumps(options, default=str), encoding="utf-8")
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.done)
+        self.written = len(self.done)
+
+    def wrap(self, rollout_fn, chunk: int):
+        from espl.agents.errors import RolloutError
+        from espl.agents.rollout import rollout, with_sample_seeds
+
+        base = rollout_fn or rollout
+
+        def run(env, policy, episodes, params, *, env_kwargs=None, max_batch=None, progress=None, stats=None):
+            eps = with_sample_seeds(episodes, params)
+            results = list(self.done[: len(eps)])
+            for start in range(len(results), len(eps), chunk):
+                part = eps[start : start + chunk]
+                report = (lambda d, t, s=start: progress(s + d, len(eps))) if progress else None
+                try:
+                    got = base(env, policy, part, params, env_kwargs=env_kwargs, max_batch=max_batch,
+                               progress=report, stats=stats)
+                except RolloutError as exc:
+                    finished = {i: t for i, t in enumerate(results)}
+                    finished.update({start + i: t for i, t in exc.trajectories.items()})
+                    raise RolloutError(str(exc), finished, exc.cause) from exc.cause
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in got)
+                results.extend(got)
+                self.written = len(results)
+            return results
+
+        return run
 
 
 def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, params, env_kwargs, max_batch,
-              as_json, out, ray=None) -> None:
+              as_json, out, ray=None, resume=False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from espl.agents.evaluate import evaluate
-    from espl.envs.registration import get_spec
+    from espl.trainer.config import ConfigError, check_env
 
-    try:
-        get_spec(env)
-    except Exception as exc:  # Gymnasium's unregistered-env error with close matches
-        err_console.print(f"[red]--env: {exc}[/red]")
-        raise typer.Exit(2) from None
+    try:  # before the model loads: the id (with "did you mean") and the keyword arguments the env takes
+        check_env(env, env_kwargs, field_name="--env", kwargs_name="--env-arg")
+    except ConfigError as exc:
+        fail(str(exc))
     if split not in ("train", "test"):
-        raise typer.BadParameter("must be train or test", param_hint="--split")
+        fail(f"--split {split!r}: must be train or test")
+    options = {"env": env, "model": model, "system_prompt": prompt, "episodes": episodes, "samples": samples,
+               "seed": seed, "split": split, "env_kwargs": env_kwargs, "params": repr(params)}
+    log = _EpisodeLog(out, options, resume) if out is not None else None
     rollout_fn, close = None, lambda: None
     try:
         if ray is None:
@@ -166,18 +251,29 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
     with Progress(TextColumn(f"{env}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json) as bar:
         task = bar.add_task("episodes", total=episodes * samples)
+        if log is not None:  # episodes go to OUT/trajectories.jsonl chunk by chunk, as they finish
+            rollout_fn = log.wrap(rollout_fn, chunk=max_batch or 8)
         try:
             result = evaluate(env, policy, episodes=episodes, params=params, system_prompt=prompt, samples=samples,
                               seed=seed, split=split, env_kwargs=env_kwargs, max_batch=max_batch,
                               progress=lambda done, total: bar.update(task, completed=done), rollout_fn=rollout_fn)
+        except KeyboardInterrupt:
+            bar.stop()
+            if log is None:
+                err_console.print("interrupted; nothing was kept (with --out DIR finished episodes are written as "
+                                  "they finish)", soft_wrap=True)
+            else:
+                import shlex
+
+                again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--continue")
+                err_console.print(f"interrupted: {log.written} of {episodes * samples} episodes are in "
+                                  f"{out / 'trajectories.jsonl'}; continue with: espl {again} --continue",
+                                  soft_wrap=True, markup=False, highlight=False)
+            raise typer.Exit(130) from None
         finally:
             close()
     result.model = model
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "trajectories.jsonl", "w", encoding="utf-8") as f:
-            for t in result.trajectories:
-                f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
         (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     if as_json:
         d = result.to_dict()

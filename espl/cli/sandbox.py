@@ -20,7 +20,9 @@ def _chosen(**options: Optional[str]) -> dict:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -95,7 +97,12 @@ def run(
     except UnicodeDecodeError as exc:
         _fail(f"FILE: {file} is not UTF-8 text ({exc.reason} at byte {exc.start}); convert it, e.g. "
               f"`iconv -f latin1 -t utf-8 {file} > fixed.py`")
-    stdin = stdin_file.read_bytes() if stdin_file else None
+    stdin = None
+    if stdin_file is not None:
+        try:
+            stdin = stdin_file.read_bytes()
+        except OSError as exc:
+            _fail(f"--stdin: cannot read {stdin_file} ({exc.strerror or exc})")
     try:
         config = SandboxConfig(memory_mb=memory_mb, timeout_s=timeout, **_chosen(image=image, runtime=runtime))
         with DockerSandbox(config) as sb:

@@ -104,9 +104,15 @@ def train(
 def _load_pool(run_dir: Path) -> dict:
     path = run_dir / "pool.json"
     if not path.is_file():
-        console.print(f"[red]no pool.json in {run_dir}[/red] (is it a RUN_DIR written by `espl train`?)")
-        raise typer.Exit(2)
-    return json.loads(path.read_text(encoding="utf-8"))
+        fail(f"no pool.json in {run_dir} (is it a RUN_DIR written by `espl train`?)")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
+            raise ValueError("no 'prompts' list")
+        return data
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        fail(f"{path} is not a readable pool ({type(exc).__name__}: {exc}); a run's checkpoint/state.json holds "
+             "the pool of its last checkpoint too")
 
 
 def prompts(
@@ -118,8 +124,7 @@ def prompts(
     """The top prompts of a run with their ratings, score history and lineage."""
     keys = {"exploit": lambda r: r["mu"] - 2 * r["sigma"], "mu": lambda r: r["mu"], "explore": lambda r: r["mu"] + 2 * r["sigma"]}
     if by not in keys:
-        console.print(f"[red]--by: must be one of {sorted(keys)}, got {by!r}[/red]")
-        raise typer.Exit(2)
+        fail(f"--by {by!r}: must be one of {sorted(keys)}")
     data = _load_pool(run_dir)
     everyone = {r["id"]: r for r in data.get("evicted", []) + data["prompts"]}
     ranked = sorted(data["prompts"], key=keys[by], reverse=True)[:top]
@@ -158,8 +163,7 @@ def plot(
 
     metrics_path = run_dir / "metrics.csv"
     if not metrics_path.is_file():
-        console.print(f"[red]no metrics.csv in {run_dir}[/red]")
-        raise typer.Exit(2)
+        fail(f"no metrics.csv in {run_dir} (is it a RUN_DIR written by `espl train`?)")
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = out or run_dir / "plots"

@@ -180,7 +180,14 @@ def _rows(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_kill_9_during_a_step_then_resume(tmp_path):
+def _checkpoint_step(run: Path) -> int:
+    try:
+        return int(json.loads((run / "checkpoint" / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_kill_9_during_a_step_then_resume_then_ctrl_c(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "espl", "train", "--steps", "3", "--out", str(run), "--seed", "1",
             "--set", "data.batch_problems=2", "--set", "rollout.rollouts_per_pair=2", "--set", "rollout.max_new_tokens=16",
@@ -189,10 +196,14 @@ def test_kill_9_during_a_step_then_resume(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 900
-        while len(_rows(run)) < 1 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+        # wait until step 0's row AND its checkpoint are written: from then on the process is inside step 1
+        while not (len(_rows(run)) >= 1 and _checkpoint_step(run) == len(_rows(run))) and time.time() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.2)
         assert len(_rows(run)) >= 1, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
-        time.sleep(3)  # well inside step 1
+        time.sleep(2)
+        rows_before = len(_rows(run))
+        assert proc.poll() is None and rows_before < 3
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -200,8 +211,31 @@ def test_kill_9_during_a_step_then_resume(tmp_path):
         proc.wait()
     done = _rows(run)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["step"] == len(state["metrics"]) >= 1
+    # the kill landed mid-step: after step rows_before - 1 was checkpointed, before step rows_before wrote its row
+    assert len(done) == rows_before == state["step"] == len(state["metrics"]) >= 1
+    assert proc.returncode == -signal.SIGKILL
     kept = [{k: v for k, v in r.items()} for r in done[: state["step"]]]
+
+    # resume; Ctrl-C (SIGINT) once it has finished one more step: it says where it stopped and how to continue
+    proc = subprocess.Popen(args + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while _checkpoint_step(run) <= rows_before and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode == 130:
+        assert "interrupted in step" in output and "--resume" in output, output[-2000:]
+        assert "Traceback" not in output, output[-3000:]
+    else:  # it finished all 3 steps before the signal arrived
+        assert proc.returncode == 0, output[-2000:]
+
     out = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-2000:]
     after = _rows(run)
@@ -209,6 +243,8 @@ def test_kill_9_during_a_step_then_resume(tmp_path):
     assert after[: len(kept)] == kept  # nothing before the killed step was lost or changed
     pool = json.loads((run / "pool.json").read_text())
     assert pool["prompts"] and all(isinstance(p["principles"], list) for p in pool["prompts"])
+    steps = [json.loads(line)["step"] for line in (run / "mutations.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # no duplicate rows from the redone steps
 
 
 def test_llamacpp_mutator_is_the_base_gguf_constrained_and_stops_with_the_trainer(tmp_path):
