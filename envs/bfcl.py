@@ -275,7 +275,9 @@ class BFCLEnv(MultiTurnEnv):
             raise ValueError(f"category: {unknown or cats!r} is not a single-turn BFCL category; "
                              f"use one of {', '.join(AST_CATEGORIES)}")
         self.categories = cats
-        self.items = [dict(it, category=c) for c in cats for it in load_items(c) if bfcl_split(it["id"]) == split]
+        per_category = [[dict(it, category=c) for it in load_items(c) if bfcl_split(it["id"]) == split] for c in cats]
+        # round-robin over the categories, so that consecutive seeds of a mixed env visit every category
+        self.items = [lst[i] for i in range(max(map(len, per_category))) for lst in per_category if i < len(lst)]
         self.describe_tools_in_prompt = bool(describe_tools_in_prompt)
         self.tools: list[dict[str, Any]] = []
 

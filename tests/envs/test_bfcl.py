@@ -293,3 +293,11 @@ def test_tools_suite_runs_held_out_bfcl_items_without_repeats():
         env = cls(category=category, split=e.split)
         assert e.split == "test" and e.seed == 0
         assert 0 < e.episodes <= len(env.items), (e.env_id, e.episodes, len(env.items))
+
+
+def test_mixed_env_visits_every_category_in_consecutive_seeds():
+    bfcl = _bfcl()
+    env = gym.make("espl/BFCL-v0", split="test").unwrapped
+    assert len(env.items) == sum(len(bfcl.BFCLEnv(category=c, split="test").items) for c in bfcl.AST_CATEGORIES)
+    assert {env.make_task(s).data["category"] for s in range(10)} == set(bfcl.AST_CATEGORIES)
+    assert len({it["id"] for it in env.items}) == len(env.items)
