@@ -52,6 +52,8 @@ ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/AIME-v0", "espl.envs.mmath:MMathEnv",
               {"sources": ("AIME2024", "AIME2025"), "held_out": ("AIME2025",)}),
     EnvRecord("espl/CNMO-v0", "espl.envs.mmath:MMathEnv", {"sources": ("CNMO",)}),
+    # GSM8K-style word problems from reasoning-gym's gsm_symbolic generator (offline; split as Math-v0's)
+    EnvRecord("espl/GSM-v0", "espl.envs.math:MathEnv", {"tasks": ["gsm_symbolic"]}),
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
     EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
