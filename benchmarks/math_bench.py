@@ -3,12 +3,14 @@
     python benchmarks/math_bench.py --model qwen2.5-coder-1.5b --out /tmp/i14/qwen15 \
         --env espl/MATH500-v0:40:512 --env espl/AIME-v0:31:512 --threads 1 --parallel 4
 
-Each `--env ID:EPISODES:MAX_NEW_TOKENS` runs the test-split tasks of seeds 0..EPISODES-1 (greedy unless
+Each `--env ID:EPISODES:MAX_NEW_TOKENS[:FIRST_SEED]` runs the test-split tasks of seeds FIRST_SEED (default 0)
+.. FIRST_SEED+EPISODES-1 (greedy unless
 --temperature is given; --samples k for pass@k) on an in-process llama.cpp server (`llamacpp_policy`,
 127.0.0.1, `--threads` threads, polling off) in chunks of `--chunk` episodes. After every chunk
 OUT/<env>.summary.json is rewritten from all finished episodes (`partial: true` until the env is done) and
 the trajectories are appended to OUT/<env>.jsonl, so a run stopped by its time cap keeps what it finished.
 Each summary also records the machine load (1-minute load average) before and after the env ran.
+`--report OUT ...` prints the markdown table of docs/benchmarks.md from the finished episodes.
 """
 
 from __future__ import annotations
@@ -25,11 +27,45 @@ from espl.agents.rollout import RolloutStats
 from espl.types import SamplingParams
 
 
+def report(dirs: list[Path]) -> None:
+    """One markdown row per (model, env) over every finished episode in the given OUT dirs."""
+    from espl.agents.evaluate import mean_ci95
+
+    rows: dict[tuple[str, str], dict] = {}
+    for d in dirs:
+        for summary in sorted(d.glob("*.summary.json")):
+            s = json.loads(summary.read_text())
+            key = (s["model"], s["env"], s["params"]["max_new_tokens"], s["params"]["temperature"])
+            row = rows.setdefault(key, {"rewards": [], "tokens": 0, "seconds": 0.0, "reasons": {},
+                                                          "budget": s["params"]["max_new_tokens"], "partial": False,
+                                                          "load": []})
+            trajs = [json.loads(line) for line in open(summary.with_name(summary.name.replace(".summary.json", ".jsonl")))]
+            row["rewards"] += [t["reward"] for t in trajs]
+            for t in trajs:
+                row["reasons"][t["reason"]] = row["reasons"].get(t["reason"], 0) + 1
+            row["tokens"] += s["generated_tokens"]
+            row["seconds"] += s["seconds"]
+            row["partial"] |= s["partial"]
+            row["load"] += [s["load_1min_before"], s["load_1min_now"]]
+    print("| model | env (test split) | episodes | mean ± 95 % CI | pass@1 | reasons | tokens/reply | tok/s (load) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (model, env, _, _), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        n = len(r["rewards"])
+        mean, ci = mean_ci95(r["rewards"])
+        passed = sum(x >= 1.0 for x in r["rewards"])
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items()))
+        print(f"| {model} | {env} | {n}{' (cut by the time cap)' if r['partial'] else ''} | "
+              f"{mean:.3f} ± {ci:.3f} | {passed}/{n} | {reasons} | {r['tokens'] / max(n, 1):.0f} of {r['budget']} | "
+              f"{r['tokens'] / max(r['seconds'], 1e-9):.1f} ({min(r['load']):.1f}-{max(r['load']):.1f}) |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a GGUF alias (smollm2-135m, qwen2.5-coder-0.5b, ...) or path")
-    ap.add_argument("--env", action="append", required=True, help="ID:EPISODES:MAX_NEW_TOKENS (repeatable)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--report", type=Path, nargs="+", help="print the markdown table of these OUT dirs and exit")
+    ap.add_argument("--model", help="a GGUF alias (smollm2-135m, qwen2.5-coder-0.5b, ...) or path")
+    ap.add_argument("--env", action="append",
+                    help="ID:EPISODES:MAX_NEW_TOKENS[:FIRST_SEED] (repeatable)")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=4, help="llama.cpp slots (episodes decoded together)")
     ap.add_argument("--ctx-per-slot", type=int, default=2048)
@@ -37,19 +73,25 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--chunk", type=int, default=8)
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
+    if not (args.model and args.env and args.out):
+        ap.error("--model, --env and --out are needed (or --report DIR ...)")
     args.out.mkdir(parents=True, exist_ok=True)
     policy = llamacpp_policy(args.model, threads=args.threads, parallel=args.parallel,
                              ctx_per_slot=args.ctx_per_slot)
     try:
         for item in args.env:
-            env_id, episodes, budget = item.rsplit(":", 2)
-            run_env(policy, env_id, int(episodes), int(budget), args)
+            env_id, *rest = item.split(":")
+            episodes, budget, first = (list(map(int, rest)) + [0])[:3]
+            run_env(policy, env_id, episodes, budget, first, args)
     finally:
         policy.close()
 
 
-def run_env(policy, env_id: str, episodes: int, budget: int, args) -> None:
-    name = env_id.replace("/", "_")
+def run_env(policy, env_id: str, episodes: int, budget: int, first: int, args) -> None:
+    name = env_id.replace("/", "_") + (f"_from{first}" if first else "")
     params = SamplingParams(temperature=args.temperature, top_p=1.0 if args.temperature == 0 else 0.95,
                             max_new_tokens=budget, seed=0)
     trajs, stats = [], RolloutStats()
@@ -57,7 +99,7 @@ def run_env(policy, env_id: str, episodes: int, budget: int, args) -> None:
     (args.out / f"{name}.jsonl").write_text("")
     for start in range(0, episodes, args.chunk):
         n = min(args.chunk, episodes - start)
-        r = evaluate(env_id, policy, episodes=n, seed=start, params=params, samples=args.samples,
+        r = evaluate(env_id, policy, episodes=n, seed=first + start, params=params, samples=args.samples,
                      max_batch=args.parallel)
         trajs.extend(r.trajectories)
         stats.generated_tokens += r.generated_tokens
@@ -66,7 +108,7 @@ def run_env(policy, env_id: str, episodes: int, budget: int, args) -> None:
             for t in r.trajectories:
                 f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
         s = summarize(env_id, args.model, trajs, requested=episodes * args.samples, samples=args.samples,
-                      stats=stats, system_prompt=None, split="test", seed=0, params=params,
+                      stats=stats, system_prompt=None, split="test", seed=first, params=params,
                       error=r.error).to_dict()
         s.update(partial=start + n < episodes, threads=args.threads, parallel=args.parallel,
                  load_1min_before=load_before, load_1min_now=os.getloadavg()[0], finished_at=time.time())
