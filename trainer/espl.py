@@ -18,43 +18,36 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import hashlib
 import json
 import logging
 import math
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from espl.trainer import checkpoint as ckpt
-from espl.trainer.config import ConfigError, TrainConfig, resume_changes
+from espl.trainer.config import TrainConfig, resume_changes
 from espl.trainer.loss import LOSSES, LossSettings, advantages, kept_groups, skip_ratio
-from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, MutatorSettings, RolloutGroup
+from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, RolloutGroup
 from espl.trainer.pool import (
     PromptPool,
     PromptRecord,
-    TrueSkillSettings,
     crossover_rating,
     mutation_rating,
     prompt_text,
     rate_match,
     select_prompts,
 )
+from espl.agents.policy import TrainablePolicy
+from espl.seeds import derive_seed  # noqa: F401  (re-exported: trainer.espl.derive_seed)
 from espl.types import SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from the run seed and a purpose/step: every random draw of a step comes from seeds
-    derived this way, so a resumed run draws exactly what an uninterrupted one would."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
 
 @dataclass(frozen=True)
 class StepMetrics:
@@ -80,6 +73,9 @@ class StepMetrics:
     time_update: float
     time_mutation: float
     time_total: float
+    tool_calls: int = 0  # tool calls the step's episodes made (tool envs)
+    tool_errors: int = 0  # of which failed: unparsable, unknown tool, bad arguments, the tool raised
+    context_overflows: int = 0  # episodes that ended because their prompt filled the model's context
 
     TIMING = ("time_rollout", "time_update", "time_mutation", "time_total")
 
@@ -87,36 +83,45 @@ class StepMetrics:
 # ---- building the pieces -----------------------------------------------------------------------------------
 
 
+def policy_spec(cfg: TrainConfig) -> Any:
+    """The trainable policy's `PolicySpec`: the HF model with a fresh LoRA adapter seeded from the run seed."""
+    from espl.agents.policy import LoraSettings, PolicySpec
+
+    return PolicySpec(backend="hf", model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
+                      lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout),
+                      lora_init_seed=derive_seed(cfg.seed, "lora-init"))  # LoRA A is random: same seed, same start
+
+
+def mutator_spec(cfg: TrainConfig) -> Any:
+    """The mutator LLM's `PolicySpec` (None for mutator.kind = "policy": the trained policy itself): the frozen
+    base model (a separate copy, so it can run while the policy trains: in torch, or its GGUF in a llama.cpp
+    server), or an OpenAI-compatible endpoint."""
+    from espl.agents.policy import PolicySpec
+
+    m = cfg.mutator
+    model = m.model or cfg.model
+    if m.kind == "policy":
+        return None
+    if m.kind == "endpoint":
+        return PolicySpec(backend="openai", base_url=m.base_url, model=model)
+    if m.kind == "llamacpp":
+        return PolicySpec(backend="llamacpp", model=model, threads=m.threads)
+    return PolicySpec(backend="hf", model=model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
+
+
 def build_policy(cfg: TrainConfig) -> Any:
-    """The trainable policy: the HF model with a fresh LoRA adapter (PEFT), initialised from the run seed."""
-    import torch
+    """The trainable policy (`TrainablePolicy`) the config describes."""
+    from espl.agents.policy import build_policy as build
 
-    from espl.agents.hf import HFPolicy, LoraSettings
-
-    torch.manual_seed(derive_seed(cfg.seed, "lora-init"))  # LoRA A matrices are random: same seed, same start
-
-    return HFPolicy(model=cfg.model, lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout),
-                    device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
+    return build(policy_spec(cfg))
 
 
 def build_mutator(cfg: TrainConfig, policy: Any) -> Mutator:
-    """The LLM mutator: the frozen base model (a separate copy, so it can run while the policy trains: in torch,
-    or its GGUF in a llama.cpp server), the current policy, or an OpenAI-compatible endpoint."""
-    if cfg.mutator.kind == "policy":
-        llm = policy
-    elif cfg.mutator.kind == "endpoint":
-        from espl.agents.openai_policy import OpenAIPolicy
+    """The LLM mutator: the current policy (mutator.kind = "policy") or the policy `mutator_spec` describes."""
+    from espl.agents.policy import build_policy as build
 
-        llm = OpenAIPolicy(base_url=cfg.mutator.base_url, model=cfg.mutator.model or cfg.model)
-    elif cfg.mutator.kind == "llamacpp":
-        from espl.agents.llamacpp import llamacpp_policy
-
-        llm = llamacpp_policy(cfg.mutator.model or cfg.model, threads=cfg.mutator.threads)
-    else:
-        from espl.agents.hf import HFPolicy
-
-        llm = HFPolicy(model=cfg.mutator.model or cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
-    return LLMMutator(llm, cfg.mutator_settings())
+    spec = mutator_spec(cfg)
+    return LLMMutator(policy if spec is None else build(spec), cfg.mutator_settings())
 
 
 def build_ray_rollout(cfg: TrainConfig, policy: Any) -> tuple[Callable[..., list[Trajectory]], Callable[[], None]]:
@@ -173,39 +178,66 @@ def _UserPlacement(env_id: str, kwargs: dict) -> Any:
     return UserPlacement(gym.make(env_id, **kwargs))
 
 
-def token_logprobs(model: Any, trajectories: Sequence[Trajectory], advs: Sequence[float], pad: int,
-                   temperature: float) -> tuple[Any, Any, Any, Any]:
-    """Step 4's inputs for one micro-batch: per-token log π_θ (with gradient), the sampling-time log-probs,
-    the generated-token mask and the advantages, all shaped [batch, positions predicted].
+# ---- a step's intermediate results ---------------------------------------------------------------------------
 
-    Sequences are right-padded; position j predicts token j+1. Logits are computed only from the position
-    before the first generated token on: the prompt's positions carry no loss, so the LM head (a fifth of
-    SmolLM2's FLOPs) skips them.
-    """
-    import torch
 
-    width = max(len(t.token_ids) for t in trajectories)
-    n = len(trajectories)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
-    old, mask, adv = torch.zeros((n, width)), torch.zeros((n, width)), torch.zeros((n, width))
-    for j, (t, a) in enumerate(zip(trajectories, advs)):
-        L = len(t.token_ids)
-        ids[j, :L] = torch.tensor(t.token_ids)
-        attn[j, :L] = 1
-        old[j, :L] = torch.tensor(t.logprobs, dtype=torch.float32)
-        mask[j, :L] = torch.tensor(t.mask, dtype=torch.float32)
-        adv[j, :L] = a
-    start = max(int(mask.argmax(dim=1).min()) - 1, 0)
-    device = next(model.parameters()).device
-    ids, attn = ids.to(device), attn.to(device)
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = ids[:, start + 1:]
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    sl = slice(start + 1, None)
-    return lp, old[:, sl].to(device), mask[:, sl].to(device), adv[:, sl].to(device)
+@dataclass(frozen=True)
+class StepBatch:
+    """Step 3's episodes: M selected prompts x B problems x N rollouts, flat in [M, B, N] order."""
+
+    selected: tuple[PromptRecord, ...]
+    problems: tuple[int, ...]
+    trajectories: tuple[Trajectory, ...]
+    shape: tuple[int, int, int]  # (M, B, N)
+
+    @staticmethod
+    def order(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """(m, b, n) in the flat order of `trajectories` (and of the episodes sent to the rollout)."""
+        M, B, N = shape
+        return [(m, b, n) for m in range(M) for b in range(B) for n in range(N)]
+
+    def index(self, m: int, b: int, n: int) -> int:
+        """The one place the [M, B, N] -> flat index arithmetic lives."""
+        _, B, N = self.shape
+        return (m * B + b) * N + n
+
+    @functools.cached_property
+    def rewards(self) -> np.ndarray:
+        return np.array([t.reward for t in self.trajectories], dtype=np.float64).reshape(self.shape)
+
+    def group(self, m: int, b: int) -> tuple[Trajectory, ...]:
+        """The N rollouts of prompt slot m on problem b."""
+        return tuple(self.trajectories[self.index(m, b, n)] for n in range(self.shape[2]))
+
+    def first_slot(self) -> dict[int, int]:
+        """Prompt id -> its first slot (a prompt can be selected more than once)."""
+        return {rec.id: i for i, rec in reversed(list(enumerate(self.selected)))}
+
+
+@dataclass(frozen=True)
+class Match:
+    """Step 5: the distinct prompts of the step, each slot's score, and the batch's best prompt."""
+
+    distinct: tuple[PromptRecord, ...]
+    slot_scores: np.ndarray
+    best: PromptRecord
+
+
+class CrossoverInputs(NamedTuple):
+    """Step 7's evidence: set A (the batch's best) and the other prompts that won a problem, with the
+    problems each won."""
+
+    parents: list[PromptRecord]
+    wins: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """Steps 6-7's results: the mutation, and the crossover with its parents when one was drawn."""
+
+    mutation: MutationResult
+    crossover: MutationResult | None = None
+    crossover_parents: tuple[PromptRecord, ...] = ()
 
 
 # ---- the trainer -------------------------------------------------------------------------------------------
@@ -266,7 +298,7 @@ class Trainer:
     def _make_optimizer(self) -> Any:
         import torch
 
-        params = [p for p in self.policy.model.parameters() if p.requires_grad]
+        params = self.policy.trainable_parameters() if isinstance(self.policy, TrainablePolicy) else []
         if not params:
             raise ValueError("the policy has no trainable parameters: modes espl/rl need a LoRA-wrapped model")
         c = self.cfg
@@ -309,123 +341,151 @@ class Trainer:
         selected = select_prompts(self.pool, cfg.selection.prompts_per_step, k, cfg.selection.strategy, rng)
 
         # 3. Rollouts: N per (prompt, problem), B*M*N episodes, ordered [M, B, N].
-        M, B, N = len(selected), len(problems), cfg.rollout.rollouts_per_pair
-        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-                                seed=derive_seed(cfg.seed, "rollout", step))
-        episodes = [self._episode(p, rec.principles, derive_seed(cfg.seed, "episode", step, m, b, n))
-                    for m, rec in enumerate(selected) for b, p in enumerate(problems) for n in range(N)]
-        trajectories = self._rollout(episodes, params)
-        rewards = np.array([t.reward for t in trajectories], dtype=np.float64).reshape(M, B, N)
+        batch = self._rollouts(step, selected, problems)
         t_rollout = time.perf_counter() - t0
 
-        # 5. Rate: each selected prompt's score is its mean reward over the batch (pass@1); one free-for-all
-        #    TrueSkill match among the distinct prompts, scores within tie_tolerance tied. (Done before the
-        #    update so the mutator, which needs the winner, can run while the weights train.)
-        slot_scores = rewards.mean(axis=(1, 2))
-        by_id: dict[int, list[float]] = {}
-        for rec, s in zip(selected, slot_scores):
-            by_id.setdefault(rec.id, []).append(float(s))
-        distinct = list({rec.id: rec for rec in selected}.values())
-        ranked = rate_match(distinct, [float(np.mean(by_id[r.id])) for r in distinct], cfg.trueskill.settings(), cfg.trueskill.tie_tolerance, step)
-        best = ranked[0]
+        # 5. Rate (before the update, so the mutator, which needs the batch's best prompt, can run beside it).
+        match = self._rate(batch, step)
 
         # 6./7. Mutate the batch's best prompt (and maybe cross over), alongside the update when possible.
         t_mut = time.perf_counter()
         job: Future | None = None
+        evolution: Evolution | None = None
         if self.evolving:
-            do_crossover = rng.random() < cfg.crossover.prob and len(distinct) >= 2  # drawn every step, as in ref
-            tasks = [self._env().make_task(p) for p in problems]
-            slot_of = {rec.id: i for i, rec in reversed(list(enumerate(selected)))}  # first slot of each prompt
-            groups = [RolloutGroup(tasks[b].prompt, str(tasks[b].answer),
-                                   tuple(trajectories[(slot_of[best.id] * B + b) * N + n] for n in range(N)))
-                      for b in range(B)]
-            crossover_args = self._crossover_inputs(distinct, best, rewards, slot_of, tasks) if do_crossover else None
-            seed = derive_seed(cfg.seed, "mutate", step)
-            run = lambda: self._evolve(best, groups, crossover_args, seed)  # noqa: E731
-            # overlap only real work (a mutation without a mixed problem returns at once), so that the update's
-            # thread count below depends on the step's rewards alone, never on timing: resume stays exact
-            has_work = any(g.mixed for g in groups) or crossover_args is not None
-            overlap = cfg.mutator.overlap and self.learning and cfg.mutator.kind != "policy" and has_work
-            job = self._executor.submit(self._in_mutator_thread, run) if overlap else None
-            evolved = None if overlap else run()
+            do_crossover = rng.random() < cfg.crossover.prob and len(match.distinct) >= 2  # drawn every step, as in ref
+            job, evolution = self._start_evolution(batch, match, do_crossover, step)
         t_mut = time.perf_counter() - t_mut
 
-        # 4. RL update of the weights on all episodes (skipping all-zero-advantage groups).
+        # 4. RL update of the weights on all episodes (skipping groups whose rollouts all got the same reward).
         t_upd = time.perf_counter()
-        adv = advantages(rewards, cfg.loss.baseline)
-        keep = kept_groups(adv)
+        adv = advantages(batch.rewards, cfg.loss.baseline)
+        keep = kept_groups(batch.rewards, cfg.loss.baseline)
         with self._update_threads(job):
-            loss_value, n_tokens = (self._update(trajectories, adv, keep) if self.learning else (0.0, 0))
+            loss_value, n_tokens = self._update(batch, adv, keep) if self.learning else (0.0, 0)
         t_upd = time.perf_counter() - t_upd
-
-        if self.evolving:
+        if job is not None:
             t_wait = time.perf_counter()
-            evolved = job.result() if job is not None else evolved
+            evolution = job.result()
             t_mut += time.perf_counter() - t_wait
+
         # 8. New prompts enter the pool (FIFO beyond max_pool_size): crossover child first, then mutation child.
-        mutation_reason, crossover_reason, rejected_ops, child_id = "off", "off", 0, -1
-        if self.evolving:
-            mut, cross = evolved
-            if cross is not None:
-                crossover_reason = cross[0].reason
-                if cross[0].principles is not None:
-                    mu, sigma = crossover_rating(cross[1], cfg.crossover.sigma)
-                    self.pool.add(cross[0].principles, mu, sigma, [p.id for p in cross[1]], "crossover", step)
-            mutation_reason = mut.reason
-            rejected_ops = sum(mut.rejected.values())
-            if mut.principles is not None:
-                mu, sigma = mutation_rating(best, cfg.mutator.sigma)  # paper §3: child σ' = sqrt(σ² + 1)
-                child_id = self.pool.add(mut.principles, mu, sigma, [best.id], "mutation", step).id
-            self._log_mutation(step, best, mut, cross)
+        child_id = self._add_children(evolution, match.best, step) if evolution is not None else -1
 
         test_reward = float("nan")
         if cfg.evaluation.every and (step + 1) % cfg.evaluation.every == 0:
             test_reward = self.evaluate(self.pool.newest.principles, cfg.evaluation.problems)
 
         top = self.pool.best("exploit")
+        infos = [t.info or {} for t in batch.trajectories]
         metrics = StepMetrics(
-            step=step, mean_reward=float(rewards.mean()), pool_size=len(self.pool), best_id=top.id,
+            step=step, mean_reward=float(batch.rewards.mean()), pool_size=len(self.pool), best_id=top.id,
             best_mu=top.mu, best_sigma=top.sigma, selected=";".join(str(r.id) for r in selected),
-            prompt_scores=";".join(f"{s:.4f}" for s in slot_scores), skip_ratio=skip_ratio(keep),
-            loss=loss_value, loss_tokens=n_tokens, mutation=mutation_reason, mutation_rejected_ops=rejected_ops,
-            child_id=child_id, crossover=crossover_reason, test_reward=test_reward, time_rollout=t_rollout,
-            time_update=t_upd, time_mutation=t_mut, time_total=time.perf_counter() - t0,
+            prompt_scores=";".join(f"{s:.4f}" for s in match.slot_scores), skip_ratio=skip_ratio(keep),
+            loss=loss_value, loss_tokens=n_tokens,
+            mutation=evolution.mutation.reason if evolution else "off",
+            mutation_rejected_ops=sum(evolution.mutation.rejected.values()) if evolution else 0,
+            child_id=child_id,
+            crossover=evolution.crossover.reason if evolution and evolution.crossover else "off",
+            test_reward=test_reward, time_rollout=t_rollout, time_update=t_upd, time_mutation=t_mut,
+            time_total=time.perf_counter() - t0,
+            tool_calls=sum(int(i.get("tool_calls", 0)) for i in infos),
+            tool_errors=sum(int(i.get("tool_errors", 0)) for i in infos),
+            context_overflows=sum(t.reason == "context_overflow" for t in batch.trajectories),
         )
         self.metrics.append(metrics)
         self.step_count += 1
-        self._write(metrics)
+        self._write(metrics, batch)
         return metrics
 
+    # -- step 3 in detail --
+    def _rollouts(self, step: int, selected: list[PromptRecord], problems: list[int]) -> "StepBatch":
+        cfg = self.cfg
+        shape = (len(selected), len(problems), cfg.rollout.rollouts_per_pair)
+        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "rollout", step))
+        episodes = [self._episode(problems[b], selected[m].principles, derive_seed(cfg.seed, "episode", step, m, b, n))
+                    for m, b, n in StepBatch.order(shape)]
+        return StepBatch(tuple(selected), tuple(problems), tuple(self._rollout(episodes, params)), shape)
+
+    # -- step 5 in detail --
+    def _rate(self, batch: "StepBatch", step: int) -> "Match":
+        """Each selected prompt's score is its mean reward over the batch (pass@1); one free-for-all TrueSkill
+        match among the distinct prompts, scores within tie_tolerance tied (a prompt selected twice: the
+        mean of its slots)."""
+        slot_scores = batch.rewards.mean(axis=(1, 2))
+        by_id: dict[int, list[float]] = {}
+        for rec, s in zip(batch.selected, slot_scores):
+            by_id.setdefault(rec.id, []).append(float(s))
+        distinct = tuple({rec.id: rec for rec in batch.selected}.values())
+        ts = self.cfg.trueskill
+        ranked = rate_match(list(distinct), [float(np.mean(by_id[r.id])) for r in distinct], ts.settings(),
+                            ts.tie_tolerance, step)
+        return Match(distinct, slot_scores, ranked[0])
+
+    # -- steps 6 and 7: what the mutator gets, and when it runs --
+    def _start_evolution(self, batch: "StepBatch", match: "Match", do_crossover: bool,
+                         step: int) -> tuple[Future | None, "Evolution | None"]:
+        """Runs (or submits beside the update) step 6's mutation of the batch's best prompt and step 7's
+        crossover. Returns (the job, None) when overlapped, else (None, the result)."""
+        cfg, best = self.cfg, match.best
+        tasks = [self._env().make_task(p) for p in batch.problems]
+        slot_of = batch.first_slot()
+        groups = [RolloutGroup(tasks[b].prompt, str(tasks[b].answer), batch.group(slot_of[best.id], b))
+                  for b in range(len(batch.problems))]
+        crossover = (self._crossover_inputs(list(match.distinct), best, batch.rewards, slot_of, tasks)
+                     if do_crossover else None)
+        seed = derive_seed(cfg.seed, "mutate", step)
+        run = functools.partial(self._evolve, best, groups, crossover, seed)
+        # overlap only real work (a mutation without a mixed problem returns at once), so that the update's
+        # thread count depends on the step's rewards alone, never on timing: resume stays exact
+        has_work = any(g.mixed for g in groups) or crossover is not None
+        if cfg.mutator.overlap and self.learning and cfg.mutator.kind != "policy" and has_work:
+            return self._executor.submit(self._in_mutator_thread, run), None
+        return None, run()
+
+    # -- step 8 in detail --
+    def _add_children(self, evolution: "Evolution", best: PromptRecord, step: int) -> int:
+        """Adds the crossover child, then the mutation child; returns the mutation child's id (-1: none)."""
+        cfg, child_id = self.cfg, -1
+        cross = evolution.crossover
+        if cross is not None and cross.principles is not None:
+            mu, sigma = crossover_rating(evolution.crossover_parents, cfg.crossover.sigma)
+            self.pool.add(cross.principles, mu, sigma, [p.id for p in evolution.crossover_parents], "crossover", step)
+        mut = evolution.mutation
+        if mut.principles is not None:
+            mu, sigma = mutation_rating(best, cfg.mutator.sigma)  # paper §3: child σ' = sqrt(σ² + 1)
+            child_id = self.pool.add(mut.principles, mu, sigma, [best.id], "mutation", step).id
+        self._log_mutation(step, best, evolution)
+        return child_id
+
     # -- step 4 in detail --
-    def _update(self, trajectories: list[Trajectory], adv: np.ndarray, keep: np.ndarray) -> tuple[float, int]:
+    def _update(self, batch: "StepBatch", adv: np.ndarray, keep: np.ndarray) -> tuple[float, int]:
         """One Adam step on the kept groups' episodes; loss only on policy-generated tokens (mask == 1)."""
-        M, B, N = adv.shape
-        items = [(trajectories[(m * B + b) * N + n], float(adv[m, b, n]))
-                 for m in range(M) for b in range(B) if keep[m, b] for n in range(N)]
+        items = [(batch.trajectories[batch.index(m, b, n)], float(adv[m, b, n]))
+                 for m, b, n in StepBatch.order(batch.shape) if keep[m, b]]
         items = [(t, a) for t, a in items if sum(t.mask) > 0]
         items.sort(key=lambda ta: len(ta[0].token_ids))  # similar lengths share a micro-batch: less padding
         if not items:
             return 0.0, 0
-        model, loss_fn = self.policy.model, LOSSES[self.cfg.loss.name]
+        policy, loss_fn = self.policy, LOSSES[self.cfg.loss.name]
         settings = LossSettings(self.cfg.loss.ppo_clip_eps, self.cfg.loss.cispo_clip_low, self.cfg.loss.cispo_clip_high)
         total_tokens = sum(sum(t.mask[1:]) for t, _ in items)
         scale = 1.0 / total_tokens if self.cfg.loss.reduction == "mean" else 1.0
-        pad = self.policy.tokenizer.pad_token_id or 0
         # The sampler's log-probs are log softmax(logits / T) (agents/hf.py), so π_θ is computed at the same T:
         # on-policy the IS ratio is exactly 1 and only sampler/trainer numerics move it.
         temperature = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
-        model.train()
+        policy.set_training(True)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, len(items), self.cfg.optimizer.micro_batch):
             chunk = items[i : i + self.cfg.optimizer.micro_batch]
-            lp, old, mask, a = token_logprobs(model, [t for t, _ in chunk], [adv for _, adv in chunk], pad, temperature)
-            loss = loss_fn(lp, old, a, mask, settings) * scale
+            lp = policy.trajectory_logprobs([t for t, _ in chunk], [a for _, a in chunk], temperature)
+            loss = loss_fn(lp.logprobs, lp.old_logprobs, lp.advantages, lp.mask, settings) * scale
             loss.backward()
             total += float(loss.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        model.eval()
+        policy.set_training(False)
         return total, int(total_tokens)
 
     # -- steps 6 and 7 in detail --
@@ -445,7 +505,7 @@ class Trainer:
         if not wins[best.id] or not others:
             return None
         parents = [best] + others
-        return parents, [wins[p.id] for p in parents]
+        return CrossoverInputs(parents, [wins[p.id] for p in parents])
 
     def _in_mutator_thread(self, run: Callable[[], Any]) -> Any:
         """Runs an overlapped mutation in the executor's thread with `mutator_threads` torch threads.
@@ -474,14 +534,13 @@ class Trainer:
         finally:
             torch.set_num_threads(before)
 
-    def _evolve(self, best: PromptRecord, groups: list[RolloutGroup], crossover_args: tuple | None, seed: int):
-        mut = self.mutator.mutate(best.principles, groups, seed)
-        cross = None
-        if crossover_args is not None:
-            parents, wins = crossover_args
-            result = self.mutator.crossover([p.principles for p in parents], wins, seed + 7)
-            cross = (result, parents)
-        return mut, cross
+    def _evolve(self, best: PromptRecord, groups: list[RolloutGroup], crossover: "CrossoverInputs | None",
+                seed: int) -> "Evolution":
+        mutation = self.mutator.mutate(best.principles, groups, seed)
+        if crossover is None:
+            return Evolution(mutation)
+        result = self.mutator.crossover([p.principles for p in crossover.parents], crossover.wins, seed + 7)
+        return Evolution(mutation, result, tuple(crossover.parents))
 
     # -- evaluation --
     def evaluate(self, principles: Sequence[str], n_problems: int, samples: int = 1, split: str = "test") -> float:
@@ -494,27 +553,46 @@ class Trainer:
         return float(np.mean([t.reward for t in self._rollout(episodes, params, split)]))
 
     # -- persistence --
-    def _log_mutation(self, step: int, best: PromptRecord, mut: MutationResult, cross: tuple | None) -> None:
+    def _log_mutation(self, step: int, best: PromptRecord, evolution: "Evolution") -> None:
         if self.run_dir is None:
             return
+        mut, cross = evolution.mutation, evolution.crossover
         record = {"step": step, "parent": best.id, "reason": mut.reason, "rejected": mut.rejected,
                   "constrained": mut.constrained, "principles": mut.principles,
                   "calls": [{"prompt": p, "reply": r} for p, r in mut.calls]}
         if cross is not None:
-            record["crossover"] = {"reason": cross[0].reason, "parents": [p.id for p in cross[1]],
-                                   "principles": cross[0].principles,
-                                   "calls": [{"prompt": p, "reply": r} for p, r in cross[0].calls]}
+            record["crossover"] = {"reason": cross.reason, "parents": [p.id for p in evolution.crossover_parents],
+                                   "principles": cross.principles,
+                                   "calls": [{"prompt": p, "reply": r} for p, r in cross.calls]}
         with open(self.run_dir / "mutations.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def _write(self, m: StepMetrics) -> None:
+    def _write(self, m: StepMetrics, batch: "StepBatch | None" = None) -> None:
         if self.run_dir is None:
             return
         self._write_csv()
+        if batch is not None:
+            self._write_samples(m.step, batch)
         ckpt.write_json_atomic(self.run_dir / "pool.json", self.pool.to_dict())
         self._tensorboard(m)
         if self.cfg.output.checkpoint_every and self.step_count % self.cfg.output.checkpoint_every == 0:
             self.save()
+
+    def _write_samples(self, step: int, batch: "StepBatch") -> None:
+        """`output.trajectory_samples` episodes of the step, spread over its (prompt, problem) groups, with
+        every message: what the model did, readable (RUN_DIR/samples.jsonl; bounded per step)."""
+        k = min(self.cfg.output.trajectory_samples, len(batch.trajectories))
+        if k <= 0:
+            return
+        picks = sorted({round(i * (len(batch.trajectories) - 1) / max(k - 1, 1)) for i in range(k)})
+        M, B, N = batch.shape
+        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+            for i in picks:
+                t = batch.trajectories[i]
+                m, b = divmod(i // N, B)
+                f.write(json.dumps({"step": step, "prompt_id": batch.selected[m].id, "problem": batch.problems[b],
+                                    "reward": t.reward, "reason": t.reason, "messages": t.messages},
+                                   ensure_ascii=False, default=str) + "\n")
 
     def _write_csv(self) -> None:
         names = [f.name for f in fields(StepMetrics)]
@@ -548,9 +626,7 @@ class Trainer:
 
         state = {"step": self.step_count, "pool": self.pool.to_dict(), "metrics": [asdict(m) for m in self.metrics],
                  "config": self.cfg.to_dict()}
-        tensors = {}
-        if self.learning:
-            tensors = {n: p.detach().cpu().clone() for n, p in self.policy.model.named_parameters() if p.requires_grad}
+        tensors = self.policy.adapter_state() if self.learning else {}
         ckpt.save(self.run_dir, state, tensors, self.optimizer.state_dict() if self.optimizer else None,
                   {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
         self.checkpointed_steps = self.step_count
@@ -562,10 +638,7 @@ class Trainer:
         self.pool = PromptPool.from_dict(loaded.state["pool"])
         self.metrics = [StepMetrics(**m) for m in loaded.state["metrics"]]
         if self.learning and loaded.tensors:
-            named = dict(self.policy.model.named_parameters())
-            with torch.no_grad():
-                for name, value in loaded.tensors.items():
-                    named[name].copy_(value)
+            self.policy.load_adapter_state(loaded.tensors)
         if self.optimizer is not None and loaded.optimizer is not None:
             self.optimizer.load_state_dict(loaded.optimizer)
         if loaded.rng:
@@ -576,6 +649,7 @@ class Trainer:
         # resumed run writes them again
         self._write_csv()
         self._truncate_jsonl("mutations.jsonl")
+        self._truncate_jsonl("samples.jsonl")
 
     def _truncate_jsonl(self, name: str) -> None:
         path = self.run_dir / name

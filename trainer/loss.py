@@ -37,10 +37,21 @@ def advantages(rewards: np.ndarray, baseline: Baseline = "group") -> np.ndarray:
     raise ValueError(f"baseline: must be 'group' or 'marginalize', got {baseline!r}")
 
 
-def kept_groups(adv: np.ndarray) -> np.ndarray:
-    """Bool mask [M, B]: False for (prompt, problem) groups whose advantages are all exactly zero
-    (the reference skips them: they carry no gradient and would only dilute a mean)."""
-    return ~np.all(adv == 0.0, axis=2)
+def kept_groups(rewards: np.ndarray, baseline: Baseline = "group") -> np.ndarray:
+    """Bool mask [M, B]: False for (prompt, problem) groups whose advantages are all zero (the reference
+    skips them: they carry no gradient and would only dilute a mean).
+
+    Decided on the rewards, not by comparing advantages to 0.0: the mean of equal fractional rewards
+    (3 x 0.1) is not exactly 0.1 in floating point, so their advantages are ~1e-17, not 0. group: all N
+    rewards of the group are equal; marginalize: all rewards of the problem (every prompt) are equal, or the
+    group's rewards all equal the problem's mean (to 1e-12)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    same_in_group = np.all(rewards == rewards[:, :, :1], axis=2)
+    if baseline == "group":
+        return ~same_in_group
+    problem_mean = rewards.mean(axis=(0, 2), keepdims=True)
+    at_mean = np.all(np.abs(rewards - problem_mean) <= 1e-12, axis=2)
+    return ~(same_in_group & at_mean)
 
 
 def skip_ratio(keep: np.ndarray) -> float:

@@ -345,7 +345,7 @@ def _is_id_error(op: Any) -> bool:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LABEL = re.compile(r"^\[?[A-Z]?\.?G\d+\]?[.:)]\s*|^\[\d+\][.:)]?\s*")  # "[G3].", "A.G1:", "[2]" (not "1000:")
+_LABEL = re.compile(r"^\[?[A-Z]?\.?G\d+\]?[.:),]\s*|^\[\d+\][.:)]?\s*")  # "[G3].", "A.G1:", "[2]" (not "1000:")
 _WORD = re.compile(r"[^\W\d_]{2,}")  # a word of two letters or more (any script)
 _EDIT_VERB = re.compile(r"\b(add|added|adding|modif\w*|merg\w*|remov\w*|rewrit\w*|updat\w*|revis\w*)\b", re.I)
 _NGRAM = 5

@@ -80,9 +80,9 @@ def eval_command(
                                          "system prompt, for servers that drop tools=)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Episodes live at once (default: all)."),
     device: str = typer.Option("cpu", "--device", help="transformers backend: cpu, cuda, ..."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (nothing else on stdout)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object (nothing else on stdout)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write trajectories.jsonl (as episodes finish) and summary.json here."),
-    resume_out: bool = typer.Option(False, "--continue", help="Continue the interrupted evaluation in --out DIR "
+    resume_out: bool = typer.Option(False, "--continue", metavar="", help="Continue the interrupted evaluation in --out DIR "
                                                               "(same options; finished episodes are kept)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="A leaderboard suite (name or TOML file)."),
     db: Optional[Path] = typer.Option(None, "--db", help="Leaderboard database (with --suite / --from-run)."),

@@ -16,33 +16,47 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def fail(message: str) -> NoReturn:
-    """Print an error (stderr, unwrapped: it names paths and ids) and exit 1."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error (stderr, unwrapped: it names paths and ids) and exit `code`: 2 for bad input (as every
+    espl command), 1 when the work itself failed (a server down, a damaged database)."""
     from rich.markup import escape
 
-    err_console.print(f"[red]{escape(message)}[/red]", highlight=False)
-    raise typer.Exit(1)
+    err_console.print(f"[red]error:[/red] [red]{escape(message)}[/red]", highlight=False)
+    raise typer.Exit(code)
 
 DB_HELP = "Leaderboard database (default: the user data dir, or $ESPL_LEADERBOARD_DB)."
 
 
-def open_store(db: Optional[Path], *, must_exist: bool = False):
-    """The store, or a clean exit naming the problem (foreign/corrupt file, missing database)."""
+def open_store(db: Optional[Path], *, must_exist: bool = False, read_only: bool = False):
+    """The store, or a clean exit naming the problem (foreign/corrupt/read-only file, missing database).
+    `read_only`: for the reading commands, which then work on a database nobody here may write."""
     from espl.leaderboard.store import Store, StoreError, default_db_path
 
     path = db if db is not None else default_db_path()
-    if must_exist and not path.exists():
+    if (must_exist or read_only) and not path.exists():
         fail(f"no leaderboard database at {path}: run `espl eval --suite smoke --model ...` first, or pass --db PATH")
     try:
-        return Store(path)
+        return Store(path, read_only=read_only)
     except StoreError as exc:
         fail(str(exc))
+
+
+def write_failed(flag: str, path: Path, exc: OSError) -> NoReturn:
+    """An output file or folder that cannot be written: one line naming it and the fix."""
+    why = exc.strerror or str(exc)
+    fail(f"{flag} {path}: cannot write there ({why}); choose a writable location")
+
+
+def incomplete_mark(row: dict) -> str:
+    """" · incomplete 4/12" for an agent with fewer episodes stored than its suites plan, else ""."""
+    p = row.get("progress") or {}
+    return "" if p.get("complete", True) else f" · incomplete {p['done']}/{p['planned']}"
 
 
 def _board(db: Optional[Path], env: Optional[str]) -> dict:
     from espl.leaderboard.board import board_data
 
-    with open_store(db, must_exist=True) as store:
+    with open_store(db, read_only=True) as store:
         try:
             return board_data(store, env)
         except ValueError as exc:
@@ -55,7 +69,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the board as one JSON object."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    """Ranked table: rank, agent, rating (TrueSkill μ - 3σ), score ± 95 % CI, pass@1, episodes."""
+    """Ranked table: rank, agent, rating (TrueSkill μ - 3σ), score ± 95 % CI, pass@1, episodes.
+    Agents whose eval stopped early are marked in a done/planned column ("6/12 incomplete")."""
+    from rich.markup import escape
+
     board = _board(db, env)
     if as_json:
         typer.echo(json.dumps(board, indent=2, ensure_ascii=False))
@@ -65,18 +82,31 @@ def show(
         return
     title = f"leaderboard · {board['env'] or 'overall'} · {len(board['rows'])} agents"
     table = Table(title=title, caption=f"{board['db']} · envs: {', '.join(board['envs'])}")
-    for col, justify in (("rank", "right"), ("agent", "left"), ("rating", "right"), ("μ ± σ", "right"),
-                         ("score ± CI", "right"), ("pass@1", "right"), ("episodes", "right")):
-        table.add_column(col, justify=justify)
+    any_incomplete = any(incomplete_mark(r) for r in board["rows"])
+    columns = [("rank", "right"), ("agent", "left"), ("rating", "right"), ("μ ± σ", "right"),
+               ("score ± CI", "right"), ("pass@1", "right"), ("episodes", "right")]
+    if any_incomplete:  # done/planned episodes, shown when some agent's eval stopped early
+        columns.append(("done/planned", "right"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=col == "done/planned")
     for r in board["rows"]:
         p1 = r["score"]["pass_at_k"].get("1")
-        table.add_row(
-            str(r["rank"]), r["name"], f"{r['rating']['conservative']:.2f}",
+        cells = [
+            str(r["rank"]), escape(r["name"]), f"{r['rating']['conservative']:.2f}",
             f"{r['rating']['mu']:.1f} ± {r['rating']['sigma']:.1f}",
             f"{r['score']['mean']:.3f} ± {r['score']['ci95']:.3f}", "–" if p1 is None else f"{p1:.3f}",
             str(r["score"]["episodes"]),
-        )
+        ]
+        if any_incomplete:
+            p = r["progress"]
+            cells.append(f"[yellow]{p['done']}/{p['planned']} incomplete[/yellow]" if not p["complete"]
+                         else f"{p['done']}/{p['planned']}")
+        table.add_row(*cells)
     console.print(table)
+    incomplete = [r for r in board["rows"] if incomplete_mark(r)]
+    if incomplete:
+        console.print(f"{len(incomplete)} agent(s) incomplete (episodes done/planned): their eval stopped early; "
+                      "run the same `espl eval --suite ...` again to finish it", highlight=False)
 
 
 @app.command("html")
@@ -88,10 +118,13 @@ def html(
     """Write a static page (sortable table, per-env bar charts, prompts on click) that works offline."""
     from espl.leaderboard.html import write_html
 
+    board = _board(db, env)
     try:
-        page = write_html(_board(db, env), out)
+        page = write_html(board, out)
     except NotADirectoryError as exc:
         fail(str(exc))
+    except OSError as exc:  # a read-only folder, no space left
+        write_failed("--out", out, exc)
     typer.echo(f"wrote {page} (open it in a browser; no network needed)")
 
 
@@ -101,11 +134,15 @@ def export(
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Write every agent, run and episode as JSON (keyed by content hash, mergeable with `import`)."""
-    with open_store(db, must_exist=True) as store:
+    with open_store(db, read_only=True) as store:
         data = store.export_data()
-    file.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    try:
+        file.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    except OSError as exc:
+        write_failed("export", file, exc)
+    incomplete = sum(not a["progress"]["complete"] for a in data["agents"])
     typer.echo(f"wrote {file}: {len(data['agents'])} agents, {len(data['runs'])} runs, "
-                  f"{len(data['episodes'])} episodes")
+               f"{len(data['episodes'])} episodes" + (f" ({incomplete} agents incomplete)" if incomplete else ""))
 
 
 @app.command("import")
@@ -177,7 +214,7 @@ def eval_suite_command(
     try:
         chosen = load_suite(suite) if suite else None
     except SuiteError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
 
     jobs = []  # (agent spec, PolicySpec, extra run metadata)
     if from_run is not None:
@@ -185,12 +222,12 @@ def eval_suite_command(
         from espl.leaderboard.from_run import policy_spec as run_policy_spec
 
         if backend != "hf":
-            fail("--from-run: the run's adapter is LoRA weights for the transformers backend; drop --base-url")
+            fail("--from-run: the run's adapter is LoRA weights for the transformers backend; drop --base-url", 2)
         try:
             run = read_run(from_run)
             trained = run_policy_spec(run, device=policy_spec.device)
         except (RunDirError, ValueError, KeyError) as exc:
-            fail(str(exc))
+            fail(str(exc), 2)
         if chosen is None:
             chosen = Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
                 SuiteEntry(run.config.env, episodes=episodes or 32, split="test", env_kwargs=dict(run.config.env_kwargs)),))
@@ -212,7 +249,7 @@ def eval_suite_command(
         for entry in chosen.entries:
             get_spec(entry.env_id)
     except Exception as exc:  # gymnasium's unregistered-env error, with its close matches
-        fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}")
+        fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}", 2)
 
     from espl.agents.policy import build_policy
 
@@ -230,7 +267,7 @@ def eval_suite_command(
                     built[pspec] = build_policy(pspec)
                 policy = built[pspec] if left else None
             except (ValueError, FileNotFoundError, OSError) as exc:  # unknown alias, missing files, unfit adapter
-                fail(f"{'--from-run' if pspec.adapter else '--model'}: {exc}")
+                fail(f"{'--from-run' if pspec.adapter else '--model'}: {exc}", 2)
             try:
                 results.append(_run_with_progress(store, chosen, spec, policy, params, extra, as_json,
                                                   chunk_size or DEFAULT_CHUNK, run_suite))

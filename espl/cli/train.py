@@ -43,7 +43,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of TrainConfig fields, one table per section."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value override (repeatable), e.g. "
                                                                  "--set loss.name=cispo; --show-config lists the keys."),
-    resume: bool = typer.Option(False, "--resume", help="Continue RUN_DIR's run from its checkpoint, with its config "
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Continue RUN_DIR's run from its checkpoint, with its config "
                                                         "(--set changes steps, cadence, logging; recorded in the run)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy model alias, hub id or path (default smollm2-135m)."),
@@ -51,8 +51,8 @@ def train(
     backend: Optional[str] = typer.Option(None, "--backend", help="Where rollouts run: local (default) | ray (docs/scaling.md)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (auto, HOST:PORT); default: a private one here."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Rollout workers on Ray (default 2)."),
-    show_config: bool = typer.Option(False, "--show-config", help="List every config key with its default and meaning, then exit."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library progress bars and warnings too."),
+    show_config: bool = typer.Option(False, "--show-config", metavar="", help="List every config key with its default and meaning, then exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Show library progress bars and warnings too."),
 ) -> None:
     """Train with E-SPL (or its ablations) on embedded defaults: SmolLM2-135M, espl/Math-v0, CPU."""
     if show_config:
@@ -119,7 +119,7 @@ def prompts(
     run_dir: Path = typer.Argument(..., help="A RUN_DIR written by `espl train`."),
     top: int = typer.Option(5, "--top", help="How many prompts to show."),
     by: str = typer.Option("exploit", "--by", help="Rank by exploit (μ−2σ), mu, or explore (μ+2σ)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the ranked prompts as JSON."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the ranked prompts as JSON."),
 ) -> None:
     """The top prompts of a run with their ratings, score history and lineage."""
     keys = {"exploit": lambda r: r["mu"] - 2 * r["sigma"], "mu": lambda r: r["mu"], "explore": lambda r: r["mu"] + 2 * r["sigma"]}

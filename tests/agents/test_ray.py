@@ -240,3 +240,21 @@ def test_adapter_directory_for_disk_loading_engines_is_a_valid_peft_adapter(tmp_
     assert torch.allclose(got, want, atol=1e-4)
     with torch.no_grad(), loaded.disable_adapter():
         assert not torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-3)  # the adapter matters
+
+
+@pytest.mark.slow
+def test_trainer_builds_the_ray_backend_its_config_names(ray_cluster, tmp_path):
+    """Issue 12.5: `Trainer(TrainConfig(scaleout.backend="ray"))` runs its rollouts on Ray workers (before: the
+    field was honoured only by the CLI, and the library trained locally without a word)."""
+    from espl.trainer.espl import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_dict({"mode": "rl", "data.batch_problems": 1, "rollout.rollouts_per_pair": 2,
+                                 "rollout.max_new_tokens": 8, "seed": 3, "scaleout.backend": "ray",
+                                 "scaleout.workers": 1})
+    trainer = Trainer(cfg, tmp_path / "run")
+    try:
+        assert type(trainer.rollout_fn.__self__).__name__ == "RayRollout"
+        trainer.step()
+        assert trainer.rollout_fn.__self__.adapter_version == 1  # the adapter was pushed to the worker
+    finally:
+        trainer.close()

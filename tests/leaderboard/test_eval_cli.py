@@ -17,7 +17,7 @@ TINY = '[[env]]\nid = "espl/Math-v0"\nepisodes = 2\n'
 
 def test_unknown_suite_lists_builtins(tmp_path):
     res = runner.invoke(app, ["eval", "--suite", "math-cor", "--db", str(tmp_path / "lb.db")], terminal_width=300)
-    assert res.exit_code == 1 and "unknown suite 'math-cor'" in res.output and "math-core" in res.output
+    assert res.exit_code == 2 and "unknown suite 'math-cor'" in res.output and "math-core" in res.output
     assert not (tmp_path / "lb.db").exists()
 
 
@@ -25,7 +25,7 @@ def test_suite_with_unregistered_env_fails_before_loading(tmp_path):
     suite = tmp_path / "typo.toml"
     suite.write_text('[[env]]\nid = "espl/Maths-v0"\nepisodes = 2\n')
     res = runner.invoke(app, ["eval", "--suite", str(suite), "--db", str(tmp_path / "lb.db")], terminal_width=300)
-    assert res.exit_code == 1 and "espl/Maths-v0" in res.output and "espl/Math-v0" in res.output
+    assert res.exit_code == 2 and "espl/Maths-v0" in res.output and "espl/Math-v0" in res.output
 
 
 def test_foreign_db_is_refused_untouched(tmp_path):

@@ -145,16 +145,30 @@ REWARDS = np.array([[[1, 0], [1, 1]], [[0, 0], [1, 0]]], dtype=float)  # [M=2, B
 def test_group_baseline_and_skipping():
     adv = advantages(REWARDS, "group")
     assert adv.tolist() == [[[0.5, -0.5], [0, 0]], [[0, 0], [0.5, -0.5]]]
-    keep = kept_groups(adv)
+    keep = kept_groups(REWARDS, "group")
     assert keep.tolist() == [[True, False], [False, True]]
     assert skip_ratio(keep) == 0.5
+
+
+def test_equal_fractional_rewards_are_skipped():
+    """Issue 13.10: three rewards of 0.1 have mean 0.10000000000000002; their advantages are ~-1.4e-17, not 0,
+    so comparing advantages to 0.0 kept (and trained on) a group that carries no signal."""
+    rewards = np.array([[[0.1, 0.1, 0.1], [0.1, 0.7, 0.3]]])
+    adv = advantages(rewards, "group")
+    assert not np.all(adv[0, 0] == 0.0)  # the old test, on advantages, would keep it
+    assert kept_groups(rewards, "group").tolist() == [[False, True]]
+    # marginalize: a group at its problem's mean carries nothing; a uniform group off the mean does
+    two = np.array([[[0.3, 0.3]], [[0.3, 0.3]]])
+    assert kept_groups(two, "marginalize").tolist() == [[False], [False]]
+    off = np.array([[[0.5, 0.5]], [[0.0, 1.0]]])
+    assert kept_groups(off, "marginalize").tolist() == [[False], [True]]
 
 
 def test_marginalized_baseline():
     adv = advantages(REWARDS, "marginalize")
     # problem 0: mean over both prompts and rollouts = 1/4; problem 1: 3/4
     assert adv.tolist() == [[[0.75, -0.25], [0.25, 0.25]], [[-0.25, -0.25], [0.25, -0.75]]]
-    assert kept_groups(adv).all()
+    assert kept_groups(REWARDS, "marginalize").all()
 
 
 def test_bad_baseline_and_shape():

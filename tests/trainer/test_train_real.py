@@ -27,7 +27,7 @@ import torch
 import trueskill
 
 from espl.envs.core import MultiTurnEnv, Outcome, Task
-from espl.trainer.espl import TrainConfig, Trainer, build_policy, token_logprobs
+from espl.trainer.espl import TrainConfig, Trainer, build_policy
 from espl.trainer.mutator import ScriptedMutator
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ def test_trainer_logprobs_match_sampling_logprobs_on_policy():
 
     trajs = trainer._rollout(episodes, SamplingParams(temperature=0.7, max_new_tokens=12, seed=5))
     with torch.no_grad():
-        lp, old, mask, _ = token_logprobs(trainer.policy.model, trajs, [1.0] * 4, 0, 0.7)
+        lp, old, mask, _ = trainer.policy.trajectory_logprobs(trajs, [1.0] * 4, 0.7)
     assert mask.sum() > 0
     diff = ((lp - old).abs() * mask).max()
     assert float(diff) < 2e-3, float(diff)
@@ -285,7 +285,7 @@ def test_multi_turn_episodes_train_only_on_policy_tokens(tmp_path):
     """Math-v0 with max_attempts=2: a wrong answer gets env feedback and a second turn. The loss counts exactly
     the policy's own tokens of the kept groups; prompt and feedback tokens are masked out."""
     from espl.agents.rollout import rollout
-    from espl.trainer.loss import advantages, kept_groups
+    from espl.trainer.loss import kept_groups
 
     captured = []
 
@@ -311,6 +311,6 @@ def test_multi_turn_episodes_train_only_on_policy_tokens(tmp_path):
         first_on, last_on = t.mask.index(1), len(t.mask) - 1 - t.mask[::-1].index(1)
         assert 0 in t.mask[first_on:last_on]  # a masked gap between the two replies
     rewards = np.array([t.reward for t in captured]).reshape(1, 2, 4)
-    keep = kept_groups(advantages(rewards, "group"))
+    keep = kept_groups(rewards, "group")
     expected = sum(sum(captured[b * 4 + n].mask[1:]) for b in range(2) if keep[0, b] for n in range(4))
     assert m.loss_tokens == expected > 0
