@@ -50,3 +50,28 @@ def test_ctrl_c_keeps_finished_episodes_and_continue_completes(tmp_path):
     assert sorted({json.loads(line)["seed"] for line in lines}) == list(range(12))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 12
+
+
+def test_eval_summary_counts_tool_calls(tmp_path):
+    """Issue 13.9: the eval summary (JSON and summary.json) counts tool calls and tool errors."""
+    out = tmp_path / "t"
+    args = [sys.executable, "-m", "espl", "eval", "--env", "espl/ToolMath-v0", "-n", "2", "--max-new-tokens", "32",
+            "--out", str(out), "--json"]
+    res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)
+    infos = [json.loads(line)["info"] for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert summary["tool_calls"] == sum(i.get("tool_calls", 0) for i in infos)
+    assert summary["tool_errors"] == sum(i.get("tool_errors", 0) for i in infos)
+    assert json.loads((out / "summary.json").read_text())["tool_calls"] == summary["tool_calls"]
+
+
+def test_eval_output_is_quiet_by_default_and_verbose_with_v(tmp_path):
+    """Issue 13.9: no "Loading weights" bar or library FutureWarnings by default; -v shows them."""
+    args = [sys.executable, "-m", "espl", "eval", "--env", "espl/Math-v0", "-n", "1", "--max-new-tokens", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "Loading weights" not in quiet.stderr + quiet.stdout and "Warning" not in quiet.stderr
+    loud = subprocess.run(args + ["-v"], capture_output=True, text=True, env=env, timeout=600)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr + loud.stdout

@@ -6,11 +6,12 @@ algorithm is ../shared/ESPL_SPEC.md steps 1-8; the numbered sections of `Trainer
 
 Modes on one code path (the paper's ablations):
     espl    prompts evolve (mutation, optional crossover) and the LoRA weights learn by RL;
-    rl      one fixed prompt (`fixed_principles`, empty by default), weights learn, no evolution;
+    rl      one fixed prompt (`selection.fixed_principles`, empty by default), weights learn, no evolution;
     evolve  prompts evolve, no weight update.
 
-Defaults are CPU-sized (2 cores, SmolLM2-135M); where they differ from the reference the reference's
-value is in the comment as [ref: ...] and `TrainConfig.paper()` returns the reference constants.
+The config is trainer/config.py (`TrainConfig`, sections by step). Defaults are CPU-sized (2 cores,
+SmolLM2-135M); where they differ from the reference the field's help says [ref: ...], and
+`TrainConfig.paper()` returns the reference constants.
 """
 
 from __future__ import annotations
@@ -246,9 +247,12 @@ class Evolution:
 class Trainer:
     """Holds the run's state (pool, policy, optimizer, step) and runs E-SPL steps.
 
-    `policy` must implement the Policy protocol and, for modes espl/rl, expose `.model` (a PEFT
-    LoRA-wrapped torch module) and `.tokenizer`. `rollout_fn(env_id, policy, episodes, params, env_kwargs)`
-    defaults to `espl.agents.rollout.rollout`.
+    Builds what `cfg` says: the policy (`policy_spec`), the mutator (`mutator_spec`) and, with
+    scaleout.backend = "ray", the Ray rollout; `policy`, `mutator` and `rollout_fn` replace them (tests,
+    benchmarks). For modes espl/rl the policy must be a `TrainablePolicy` (agents/policy.py).
+    `rollout_fn(env_id, policy, episodes, params, env_kwargs)` defaults to `espl.agents.rollout.rollout`.
+    `resume=True` continues `run_dir`'s checkpoint (CheckpointError when there is none usable; ConfigError
+    when `cfg` changes a field of `config.RESUME_FIXED`), both raised before any model loads.
     """
 
     def __init__(

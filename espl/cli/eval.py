@@ -93,8 +93,12 @@ def eval_command(
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
                                               help="Ray cluster to join (auto, HOST:PORT); default: a private one here."),
     ray_workers: int = typer.Option(2, "--ray-workers", help="Rollout workers on Ray, each with its own policy."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Show library progress bars and warnings too."),
 ) -> None:
     """Evaluate a model and system prompt on an env: mean reward ± 95% CI, pass@k, reasons, tokens/s."""
+    from espl.cli.output import quiet_libraries
+
+    quiet_libraries(verbose)
     for flag, value in (("--episodes", episodes), ("--samples", samples), ("--max-new-tokens", max_new_tokens),
                         ("--max-batch", max_batch), ("--ray-workers", ray_workers), ("--chunk-size", chunk_size)):
         if value is not None and value < 1:
@@ -273,10 +277,12 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
         finally:
             close()
     result.model = model
+    tools = _tool_counts(result.trajectories)
     if out is not None:
-        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+        (out / "summary.json").write_text(json.dumps({**result.to_dict(), **tools}, indent=2, default=str),
+                                          encoding="utf-8")
     if as_json:
-        d = result.to_dict()
+        d = {**result.to_dict(), **tools}
         d = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
         if out is not None:
             d["out"] = str(out)
@@ -287,6 +293,13 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
         if not as_json:
             err_console.print(f"[red]{result.error}[/red]")
         raise typer.Exit(1)
+
+
+def _tool_counts(trajectories) -> dict[str, int]:
+    """Tool calls the episodes made and how many failed (tool envs count them in the episode's info)."""
+    infos = [t.info or {} for t in trajectories]
+    return {"tool_calls": sum(int(i.get("tool_calls", 0)) for i in infos),
+            "tool_errors": sum(int(i.get("tool_errors", 0)) for i in infos)}
 
 
 def _print_summary(r, out) -> None:
@@ -301,6 +314,9 @@ def _print_summary(r, out) -> None:
     table.add_row("success", f"{r.success_rate:.1%}")
     table.add_row("pass@k", "  ".join(f"@{k} {v:.3f}" for k, v in r.pass_at_k.items()))
     table.add_row("reasons", ", ".join(f"{k} {v}" for k, v in r.reasons.items()))
+    tools = _tool_counts(r.trajectories)
+    if tools["tool_calls"] or tools["tool_errors"]:
+        table.add_row("tool calls", f"{tools['tool_calls']} ({tools['tool_errors']} errors)")
     table.add_row("speed", f"{r.generated_tokens} tokens in {r.seconds:.1f} s = {r.tokens_per_s:.1f} tokens/s")
     table.add_row("system prompt", (r.system_prompt or "(none)")[:200])
     if out is not None:

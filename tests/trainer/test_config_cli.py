@@ -272,3 +272,14 @@ def test_toml_falls_back_to_tomli(monkeypatch):
     monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails as on 3.10
     assert config.toml_module().__name__ == "tomli"
     assert TrainConfig.from_sources(None, ["seed=4"]).seed == 4
+
+
+def test_step_line_is_one_line_with_tool_counts():
+    from espl.cli.output import step_line
+
+    nan = float("nan")
+    m = StepMetrics(4, 0.5, 3, 1, 27.0, 6.0, "0;1", "0.5;0.75", 0.25, -1.0, 40, "no_mixed_problems", 0, -1,
+                    "off", nan, 1.0, 2.0, 3.0, 6.0, tool_calls=7, tool_errors=2)
+    line = step_line(m, 10)
+    assert "\n" not in line and line.startswith("step 5/10") and "tools 7 (2 errors)" in line
+    assert "tools" not in step_line(StepMetrics(*[getattr(m, f) for f in list(vars(m))[:20]]), 10)
