@@ -222,8 +222,9 @@ def _load_dir(path: Path) -> Checkpoint:
     return Checkpoint(state, tensors, optimizer, rng, path)
 
 
-def load(run_dir: Path) -> Checkpoint:
-    """The latest usable checkpoint of a run: `checkpoint`, else (with a warning saying why) `checkpoint.prev`."""
+def load(run_dir: Path, warn: bool = True) -> Checkpoint:
+    """The latest usable checkpoint of a run: `checkpoint`, else (with a warning saying why, unless `warn` is
+    False) `checkpoint.prev`."""
     run_dir = Path(run_dir)
     candidates = _candidates(run_dir)
     if not candidates:
@@ -234,9 +235,9 @@ def load(run_dir: Path) -> Checkpoint:
             loaded = _load_dir(path)
         except CheckpointError as exc:
             problems.append(str(exc))
-            log.warning("checkpoint unusable: %s; trying the previous one", exc)
             continue
-        if problems:
-            log.warning("resuming from %s (step %s) instead: %s", path, loaded.state["step"], "; ".join(problems))
+        if problems and warn:
+            log.warning("the latest checkpoint is unusable (%s); resuming from %s (step %s) instead",
+                        "; ".join(problems), path, loaded.state["step"])
         return loaded
     raise CheckpointError(f"cannot resume {run_dir}: " + "; ".join(problems))

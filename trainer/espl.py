@@ -148,7 +148,7 @@ def resumed_config(run_dir: str | Path, path: str | Path | None = None, override
         what = "a run that has not finished a step yet" if (run_dir / "config.toml").is_file() else "no run"
         raise ckpt.CheckpointError(f"--resume: {run_dir} holds {what} (no checkpoint/state.json); "
                                    "drop --resume to start a new run there")
-    state = ckpt.load(run_dir).state
+    state = ckpt.load(run_dir, warn=False).state  # the Trainer loads it again and says if it fell back
     original = TrainConfig.from_dict(state["config"], warn=False)
     cfg = TrainConfig.from_sources(path, overrides, base=original, **explicit)
     resume_changes(original, cfg)
@@ -268,10 +268,12 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else None
         loaded = None
+        self.resumed_from: Path | None = None  # the checkpoint directory a resumed run was read from
         if resume:  # checked before any model loads: a run that cannot be resumed says why, at once
             if self.run_dir is None:
                 raise ValueError("resume=True needs a run_dir")
             loaded = ckpt.load(self.run_dir)  # CheckpointError (one line) when there is no usable checkpoint
+            self.resumed_from = loaded.path
             changes = resume_changes(TrainConfig.from_dict(loaded.state["config"], warn=False), cfg)
         self.policy = policy if policy is not None else build_policy(cfg)
         self.evolving, self.learning = cfg.evolving, cfg.learning

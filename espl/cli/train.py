@@ -85,7 +85,9 @@ def train(
     except (ConfigError, CheckpointError) as exc:
         fail(str(exc))
     if resume:
-        console.print(f"resumed at step {trainer.step_count}", soft_wrap=True)
+        source = trainer.resumed_from
+        fallback = f" from {source} (the latest checkpoint is unusable)" if source and source.name != "checkpoint" else ""
+        console.print(f"resumed at step {trainer.step_count}{fallback}", soft_wrap=True, markup=False)
 
     def on_step(m) -> None:
         console.print(step_line(m, steps), soft_wrap=True, markup=False, highlight=False)

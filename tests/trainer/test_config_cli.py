@@ -283,3 +283,53 @@ def test_step_line_is_one_line_with_tool_counts():
     line = step_line(m, 10)
     assert "\n" not in line and line.startswith("step 5/10") and "tools 7 (2 errors)" in line
     assert "tools" not in step_line(StepMetrics(*[getattr(m, f) for f in list(vars(m))[:20]]), 10)
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "adapter.safetensors"])
+def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, caplog, damaged):
+    """A truncated latest checkpoint (full disk, kill): `espl train --resume` goes on from checkpoint.prev, saying
+    so before any model loads (the model load is where this test stops)."""
+    import logging
+
+    import torch
+
+    _no_model(monkeypatch)
+    run, cfg = _checkpointed_run(tmp_path)
+    pool = PromptPool(100)
+    pool.add((), 25.0, 25 / 3)
+    for step in (2, 3):
+        ckpt.save(run, {"step": step, "pool": pool.to_dict(), "metrics": [], "config": cfg.to_dict()},
+                  {"w": torch.full((4,), float(step))}, None, None)
+    target = run / "checkpoint" / damaged
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        res = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
+    assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)  # got past resume
+    warnings = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
+    assert len(warnings) == 1 and damaged in warnings[0] and "checkpoint.prev (step 2) instead" in warnings[0]
+    assert ckpt.load(run, warn=False).tensors["w"][0] == 2.0
+
+
+def test_legacy_flat_toml_strings_and_file_errors(tmp_path):
+    """The same values in a TOML file as the --set cases: a string is one principle, "no" is off; a config file
+    that is not UTF-8, not TOML or missing is one line naming --config."""
+    flat = tmp_path / "flat.toml"
+    flat.write_text('fixed_principles = "Be brief."\nmutator_constrained = "no"\n')
+    cfg = TrainConfig.from_sources(flat)
+    assert cfg.selection.fixed_principles == ("Be brief.",) and cfg.mutator.constrained is False
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[selection]\nfixed_principles = "Sé bref."\n'.encode("latin-1"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[selection\nx = 1\n")
+    for path, needle in ((latin, "not UTF-8 text"), (broken, "not valid TOML"), (tmp_path / "missing.toml", "No such file")):
+        res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--config", str(path)])
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+        assert errors[0].startswith(f"error: --config {path}") and needle in errors[0], errors[0]
+
+
+def test_train_env_flag_typo_is_one_line(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--env", "espl/Mth-v0"])
+    assert res.exit_code == 2 and "error: env = 'espl/Mth-v0'" in res.output and "espl/Math-v0" in res.output
+    assert not (tmp_path / "r").exists()
