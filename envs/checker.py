@@ -6,6 +6,7 @@ by being registered (as Gymnasium's `utils/env_checker.py` does for its envs).
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -78,6 +79,56 @@ def _step_after_end_raises(env: gym.Env) -> None:
     raise AssertionError("step() after the episode ended did not raise")
 
 
+def _continuation_is_new_messages(env: gym.Env) -> None:
+    """The multi-turn path: while an episode goes on, each step returns the env's new messages (feedback, tool
+    results; never a system or assistant message, never empty) and a rising `info["turn"]`; the last
+    step returns []. A single-turn env passes by ending at once."""
+    for seed, reply in ((4, "Answer: 0"), (6, "I do not know.")):
+        env.reset(seed=seed)
+        done, turns = False, []
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(reply)
+            done = terminated or truncated
+            turns.append(info["turn"])
+            if done:
+                assert obs == [], f"the last step returned messages {obs!r} (expected [])"
+            else:
+                assert obs and all(is_message(m) for m in obs), f"a continuing step returned {obs!r}, not new messages"
+                assert all(m["role"] not in ("system", "assistant") for m in obs), \
+                    f"a continuing step returned a {[m['role'] for m in obs]} message"
+            assert len(turns) <= 1000, "episode did not end within 1000 steps"
+        assert turns == sorted(set(turns)), f"info['turn'] did not rise over the episode: {turns}"
+
+
+SPLIT_PROBE = 32  # tasks of each split compared
+
+
+def _splits_are_disjoint(env: gym.Env) -> None:
+    """The first SPLIT_PROBE tasks of the train and the test split share no task id and no task (messages and
+    tools)."""
+    base = env.unwrapped
+    if getattr(base, "split", None) not in ("train", "test") or env.spec is None:
+        return  # not a split env
+    kwargs = dict(env.spec.kwargs or {})
+    seen: dict[str, tuple[set, set]] = {}
+    for split in ("train", "test"):
+        other = gym.make(env.spec.id, **{**kwargs, "split": split})
+        try:
+            ids, texts = set(), set()
+            for s in range(SPLIT_PROBE):
+                obs, info = other.reset(seed=s)
+                ids.add(info["task_id"])
+                # a task is its messages and the tools it offers (BFCL reuses a question with other tools)
+                texts.add(json.dumps([obs, getattr(other.unwrapped, "tools", None)], sort_keys=True, default=str))
+            seen[split] = (ids, texts)
+        finally:
+            other.close()
+    shared_ids = seen["train"][0] & seen["test"][0]
+    assert not shared_ids, f"train and test share task ids {sorted(shared_ids)[:3]}"
+    shared = seen["train"][1] & seen["test"][1]
+    assert not shared, f"train and test share {len(shared)} task text(s), e.g. {sorted(shared)[0][:120]}"
+
+
 CHECKS: tuple[tuple[str, Callable[[gym.Env], None]], ...] = (
     ("gymnasium check_env", _gymnasium_checker),
     ("same seed -> same task", _same_seed_same_task),
@@ -85,6 +136,8 @@ CHECKS: tuple[tuple[str, Callable[[gym.Env], None]], ...] = (
     ("system prompt is the system message", _system_prompt_is_system_message),
     ("reward in declared range", _reward_in_declared_range),
     ("reply after termination raises", _step_after_end_raises),
+    ("a continuing step returns new messages", _continuation_is_new_messages),
+    ("train and test splits are disjoint", _splits_are_disjoint),
 )
 
 

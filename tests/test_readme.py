@@ -33,6 +33,6 @@ def test_readme_test_command_is_the_one_ci_runs():
 
 def test_readme_example_matches_the_plugin_fixture():
     fixture = (ROOT / "tests/fixtures/acme_envs/acme_envs/__init__.py").read_text()
-    for line in ("word = WORDS[index % len(WORDS)] + str(index // len(WORDS))",
+    for line in ('i = 2 * index + (self.split == "test")', "word = WORDS[i % len(WORDS)] + str(i // len(WORDS))",
                  "ok = task.answer in reply[\"content\"]"):
         assert line in README and line in fixture

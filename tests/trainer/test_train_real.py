@@ -113,6 +113,15 @@ def test_one_real_step_updates_lora_grows_pool_and_rates_like_trueskill(tmp_path
     assert list((run / "tb").iterdir())
     pool = json.loads((run / "pool.json").read_text())
     assert {"id", "principles", "mu", "sigma", "parents", "op", "birth_step", "scores"} <= set(pool["prompts"][0])
+    # a bounded sample of what the model did (issue 13.9): trajectory_samples episodes of the step, every message
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == cfg.output.trajectory_samples and {s["step"] for s in samples} == {0}
+    assert {s["prompt_id"] for s in samples} <= set(ids) and {s["problem"] for s in samples}
+    for s in samples:
+        assert [msg["role"] for msg in s["messages"]][-1] == "assistant" and s["reason"] in ("correct", "wrong_answer")
+    with open(run / "metrics.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["tool_calls"], row["tool_errors"], row["context_overflows"]) == ("0", "0", "0")  # no tools here
 
 
 def test_trainer_logprobs_match_sampling_logprobs_on_policy():
