@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
 from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
+from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
@@ -468,11 +469,6 @@ class HFPolicy:
             token_ids=tuple(ids),
             logprobs=tuple(lps),
         )
-
-
-def mix_seed(seed: int, k: int) -> int:
-    """A reproducible seed for stream k of `seed` (rows of a batch, turns of an episode)."""
-    return (int(seed) * 1_000_003 + int(k) + 1) % (2**63 - 1)
 
 
 def _sample(logits: Any, params: SamplingParams, gens: list[Any]) -> tuple[Any, Any]:
