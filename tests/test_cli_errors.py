@@ -79,3 +79,24 @@ def test_sandbox_run_missing_stdin_file(tmp_path):
     prog.write_text("print(input())\n")
     res = runner.invoke(app, ["sandbox", "run", str(prog), "--stdin", str(tmp_path / "missing.txt")])
     one_error_line(res, "--stdin: cannot read", "missing.txt")
+
+
+def test_flags_are_shown_as_flags():
+    """Issue 13.9: `espl ... --help` showed `--json <bool>` as if a flag took a value; every flag shows none."""
+    import click
+    import typer
+
+    def walk(cmd, path):
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    shown = []
+    for path, cmd in walk(typer.main.get_command(app), "espl"):
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.is_flag and param.name != "help" and param.metavar != "":
+                shown.append(f"{path} {param.opts[0]}")
+    assert not shown, shown
+    res = runner.invoke(app, ["leaderboard", "show", "--help"], terminal_width=200)
+    assert [line for line in res.output.splitlines() if "--json" in line and "<bool>" in line] == []

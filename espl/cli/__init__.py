@@ -36,7 +36,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, metavar="",
+                                   help="Print the version."),
 ) -> None:
     """espl-gym command line."""
 

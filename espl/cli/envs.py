@@ -14,7 +14,7 @@ console = Console()
 
 
 @app.command("list")
-def list_envs(as_json: bool = typer.Option(False, "--json", help="Print a JSON list of objects.")) -> None:
+def list_envs(as_json: bool = typer.Option(False, "--json", metavar="", help="Print a JSON list of objects.")) -> None:
     """Every registered espl env (and plugin env): id, family, max turns, description."""
     from espl.envs.registration import describe, env_ids
 

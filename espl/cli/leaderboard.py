@@ -66,7 +66,7 @@ def _board(db: Optional[Path], env: Optional[str]) -> dict:
 @app.command("show")
 def show(
     env: Optional[str] = typer.Option(None, "--env", help="Rank on one env (id or env key) instead of overall."),
-    as_json: bool = typer.Option(False, "--json", help="Print the board as one JSON object."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the board as one JSON object."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Ranked table: rank, agent, rating (TrueSkill μ - 3σ), score ± 95 % CI, pass@1, episodes.
@@ -166,7 +166,7 @@ def import_(
 
 
 @app.command("suites")
-def suites(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+def suites(as_json: bool = typer.Option(False, "--json", metavar="", help="Print a JSON list.")) -> None:
     """The built-in eval suites (`espl eval --suite NAME`); your own: `--suite path/to/suite.toml`."""
     from espl.leaderboard.suites import builtin_suites, load_suite
 

@@ -29,7 +29,7 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command("build")
 def build(
     tag: str = typer.Option("espl-sandbox:latest", "--tag", help="Image name to create."),
-    pull: bool = typer.Option(False, "--pull", help="Pull python:<version>-slim instead (needs a registry)."),
+    pull: bool = typer.Option(False, "--pull", metavar="", help="Pull python:<version>-slim instead (needs a registry)."),
     python_version: str = typer.Option("3.11", "--python", help="Python version of the pulled image (--pull)."),
     suite: str = typer.Option("bookworm", "--suite", help="Debian suite for the offline build."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror (default: the one apt uses here)."),
@@ -83,7 +83,7 @@ def run(
     image: Optional[str] = typer.Option(None, "--image", help="Sandbox image [default: $ESPL_SANDBOX_IMAGE or espl-sandbox:latest]."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="OCI runtime (e.g. runsc) [default: $ESPL_SANDBOX_RUNTIME or the daemon's]."),
     stdin_file: Optional[Path] = typer.Option(None, "--stdin", help="A file fed to the program's stdin."),
-    as_json: bool = typer.Option(False, "--json", help="Print the ExecutionResult as one JSON object."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the ExecutionResult as one JSON object."),
 ) -> None:
     """Run FILE with python3 in a hardened sandbox. Exit status 0 when the sandbox worked, whatever the
     program's own exit code (it is in the output); 2 when the sandbox could not run it."""
@@ -124,7 +124,7 @@ def run(
 
 @app.command("reap")
 def reap(
-    all_owners: bool = typer.Option(False, "--all", help="Remove every espl sandbox container, live owners too."),
+    all_owners: bool = typer.Option(False, "--all", metavar="", help="Remove every espl sandbox container, live owners too."),
 ) -> None:
     """Remove sandbox containers left by processes that died (crash, SIGKILL)."""
     from espl.sandboxes.core import SandboxError
