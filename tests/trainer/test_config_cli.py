@@ -283,6 +283,11 @@ def test_step_line_is_one_line_with_tool_counts():
     line = step_line(m, 10)
     assert "\n" not in line and line.startswith("step 5/10") and "tools 7 (2 errors)" in line
     assert "tools" not in step_line(StepMetrics(*[getattr(m, f) for f in list(vars(m))[:20]]), 10)
+    assert "context overflows" not in line
+    from dataclasses import replace
+
+    # episodes whose prompt filled the model's context (issue 13.3)
+    assert "context overflows 3" in step_line(replace(m, context_overflows=3), 10)
 
 
 @pytest.mark.parametrize("damaged", ["state.json", "adapter.safetensors"])
