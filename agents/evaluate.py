@@ -4,10 +4,10 @@
     print(result.mean_reward, result.ci95, result.pass_at_k, result.reasons)
 
 - Tasks are the env's seeds `seed .. seed+episodes-1` of `split` (default "test"); each is run `samples`
-  times (pass@k for k <= samples, unbiased estimator of Chen et al. 2021). An episode succeeds when its
+  times (pass@k for k <= samples, unbiased estimator of Chen et al. 2021; the statistics are agents/stats.py's). An episode succeeds when its
   reward reaches `success_reward` (1.0: a correct answer in every espl env).
 - mean reward ± the 95 % half-width (normal approximation over episodes), counts per `info["reason"]`,
-  generated tokens per second of wall time.
+  episodes whose prompt outgrew the model's context (`context_overflows`), generated tokens per second.
 - If the policy fails midway (server down after its retries), the finished episodes are kept: the result
   has them, and `error` says what happened.
 """
@@ -23,39 +23,8 @@ from typing import Any, Callable, Sequence
 from espl.agents.errors import RolloutError
 from espl.agents.policy import Policy
 from espl.agents.rollout import Episode, EnvSource, RolloutStats, rollout
+from espl.agents.stats import SUCCESS_REWARD, Z_95, mean_ci95, pass_at_k, pass_at_ks  # noqa: F401 (re-exported)
 from espl.types import SamplingParams, Trajectory
-
-Z_95 = 1.959963984540054
-
-
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, 95 % half-width) by the normal approximation; half-width 0 for a single value."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = math.fsum(values) / n
-    if n == 1:
-        return mean, 0.0
-    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, Z_95 * math.sqrt(var / n)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): P(at least one of k samples drawn from n, c correct, is correct)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def _ks(samples: int) -> list[int]:
-    ks, k = {1, samples}, 2
-    while k < samples:
-        ks.add(k)
-        k *= 2
-    return sorted(ks)
-
 
 @dataclass
 class EvalResult:
@@ -72,6 +41,7 @@ class EvalResult:
     success_rate: float
     pass_at_k: dict[int, float]
     reasons: dict[str, int]
+    context_overflows: int  # episodes ended because a prompt filled the model's context (reason context_overflow)
     generated_tokens: int
     seconds: float
     tokens_per_s: float
@@ -90,23 +60,19 @@ class EvalResult:
 
 def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: int, samples: int,
               stats: RolloutStats, system_prompt: str | None, split: str | None, seed: int,
-              params: SamplingParams, success_reward: float = 1.0, error: str | None = None) -> EvalResult:
+              params: SamplingParams, success_reward: float = SUCCESS_REWARD, error: str | None = None) -> EvalResult:
     rewards = [t.reward for t in trajs]
     mean, ci = mean_ci95(rewards)
     by_task: dict[Any, list[float]] = defaultdict(list)
     for t in trajs:
         by_task[t.seed].append(t.reward)
-    passes: dict[int, float] = {}
-    if by_task:
-        n_min = min(len(v) for v in by_task.values())
-        for k in _ks(n_min):
-            passes[k] = math.fsum(pass_at_k(len(v), sum(r >= success_reward for r in v), k)
-                                  for v in by_task.values()) / len(by_task)
+    passes = pass_at_ks(by_task, success_reward)
     return EvalResult(
         env=env, model=model, episodes=len(trajs), requested=requested, tasks=len(by_task), samples=samples,
         mean_reward=mean, ci95=ci,
         success_rate=(sum(r >= success_reward for r in rewards) / len(rewards)) if rewards else math.nan,
         pass_at_k=passes, reasons=dict(sorted(Counter(t.reason for t in trajs).items())),
+        context_overflows=sum(bool(t.info.get("context_overflow")) for t in trajs),
         generated_tokens=stats.generated_tokens, seconds=stats.total_s,
         tokens_per_s=stats.generated_tokens / stats.total_s if stats.total_s > 0 else 0.0,
         system_prompt=system_prompt, split=split, seed=seed,
@@ -118,7 +84,7 @@ def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: i
 
 def evaluate(
     env: EnvSource,
-    policy: Policy,
+    policy: Policy | None,
     *,
     episodes: int = 32,
     params: SamplingParams | None = None,
@@ -128,14 +94,15 @@ def evaluate(
     split: str | None = "test",
     env_kwargs: dict[str, Any] | None = None,
     max_batch: int | None = None,
-    success_reward: float = 1.0,
+    success_reward: float = SUCCESS_REWARD,
     progress: Callable[[int, int], None] | None = None,
     rollout_fn: Callable[..., list[Trajectory]] | None = None,
 ) -> EvalResult:
     """Run `episodes` tasks x `samples` of `env` with `policy` and summarise (see the module docstring).
 
     `split=None` leaves the env's own default split (for envs without splits). `rollout_fn` replaces the
-    local `rollout` (same signature), e.g. `RayRollout(...).rollout` to run the episodes on a Ray cluster.
+    local `rollout` (same signature), e.g. `RayRollout(...).rollout` to run the episodes on a Ray cluster
+    (then `policy` may be None: the workers hold the policies).
     """
     if episodes < 1:
         raise ValueError(f"episodes: must be >= 1, got {episodes}")
@@ -150,7 +117,7 @@ def evaluate(
     eps = [Episode(seed=seed + i, system_prompt=system_prompt) for i in range(episodes) for _ in range(samples)]
     stats = RolloutStats()
     env_name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
-    model = getattr(policy, "name", type(policy).__name__)
+    model = policy.name if policy is not None else "(ray workers)"
     t0 = time.perf_counter()
     error = None
     try:

@@ -107,6 +107,12 @@ class HFPolicy:
         self.tokens_generated = 0  # cumulative, across calls
         self.max_context: int | None = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
         self._json: Any = None  # XGrammarJson, built on the first generate_json call
+        # transformers renamed forward's `past_key_values` to `cache` (the old name is deprecated): the
+        # installed version's name, read once from the model class (a transformers API, not a policy's)
+        import inspect
+
+        forward_params = inspect.signature(type(self._lm).forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
 
     # ---- adapter ----------------------------------------------------------------------------------------
     @property
@@ -239,7 +245,16 @@ class HFPolicy:
         """Rows of `generate_json` ended because a sampled token broke the grammar (counted as invalid)."""
         return 0 if self._json is None else self._json.failures
 
-    # ---- rebuilding (Ray workers) ----------------------------------------------------------------------------
+    # ---- identity (leaderboard records, Ray workers) -------------------------------------------------------
+    def model_source(self) -> dict[str, Any] | None:
+        """Where the weights come from: the GGUF file, a local folder, or a hub id at its commit."""
+        source = self.spec.local_source() if self.spec is not None else None
+        if source is not None:
+            return source
+        config = getattr(self.model, "config", None)
+        commit = getattr(config, "_commit_hash", None)
+        return {"kind": "hub", "id": getattr(config, "name_or_path", None), "commit": commit} if commit else None
+
     def policy_spec(self, device: str | None = None) -> PolicySpec:
         """The `PolicySpec` that rebuilds this policy elsewhere (adapter weights travel separately)."""
         if self.spec is None:
@@ -292,13 +307,23 @@ class HFPolicy:
             base = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
             seeds = [mix_seed(base, i) for i in range(len(prompts))]
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        out: list[Completion] = []
+        out: list[Completion]
         was_training = self._lm.training
         self._lm.eval()
         try:
-            for start in range(0, len(prompts), self.max_batch):
-                chunk = [tuple(int(t) for t in p) for p in prompts[start:start + self.max_batch]]
-                out.extend(self._generate_chunk(chunk, params, gens[start:start + self.max_batch], stats))
+            fits = [i for i, p in enumerate(prompts) if self._room(len(p)) >= 1]
+            done: dict[int, Completion] = {
+                i: Completion({"role": "assistant", "content": ""}, "context_overflow", tuple(int(t) for t in p))
+                for i, p in enumerate(prompts) if self._room(len(p)) < 1}
+            if done:
+                log.warning("%d of %d prompts fill the model's context (%s tokens): no reply generated for them "
+                            "(finish_reason context_overflow); the others are unaffected", len(done), len(prompts),
+                            self.max_context)
+            for start in range(0, len(fits), self.max_batch):
+                rows = fits[start:start + self.max_batch]
+                chunk = [tuple(int(t) for t in prompts[i]) for i in rows]
+                done.update(zip(rows, self._generate_chunk(chunk, params, [gens[i] for i in rows], stats)))
+            out = [done[i] for i in range(len(prompts))]
         finally:
             if was_training:
                 self._lm.train()
@@ -311,6 +336,10 @@ class HFPolicy:
         return out
 
     # ---- the decode loop ---------------------------------------------------------------------------------
+    def _room(self, prompt_len: int) -> int:
+        """Tokens a prompt of this length leaves in the model's context (unbounded: a large number)."""
+        return self.max_context - prompt_len if self.max_context else 1 << 62
+
     def _stop_ids(self) -> frozenset[int]:
         ids = set()
         eos = getattr(getattr(self._lm, "generation_config", None), "eos_token_id", None)
@@ -363,12 +392,6 @@ class HFPolicy:
         return prefixes, row_group, row_plen
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        # transformers renamed `past_key_values` to `cache` (the old name is deprecated); take what it has
-        if not hasattr(self, "_cache_kw"):
-            import inspect
-
-            params = inspect.signature(type(self._lm).forward).parameters
-            self._cache_kw = "cache" if "cache" in params else "past_key_values"
         out = self._lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1, :].float()
@@ -380,13 +403,11 @@ class HFPolicy:
 
         dev, pad = self.device, int(self.tokenizer.pad_token_id)
         n = len(prompts)
-        budget = params.max_new_tokens
-        if self.max_context:
-            budget = min(budget, self.max_context - max(len(p) for p in prompts))
-        if budget < 1 or any(len(p) == 0 for p in prompts):
-            if any(len(p) == 0 for p in prompts):
-                raise ValueError("prompts: a prompt has no tokens")
-            return [Completion({"role": "assistant", "content": ""}, "length", p) for p in prompts]
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("prompts: a prompt has no tokens")
+        # each row's own budget: the reply limit, or what its prompt leaves of the context (>= 1: see caller)
+        row_budget = [min(params.max_new_tokens, self._room(len(p))) for p in prompts]
+        budget = max(row_budget)
         stats.prompt_tokens += sum(len(p) for p in prompts)
 
         cache = DynamicCache(config=self._lm.config)
@@ -432,6 +453,8 @@ class HFPolicy:
                         if hit is not None:
                             finish[i], stop_texts[i] = "stop", hit
                             continue
+                    if len(gen_ids[i]) >= row_budget[i]:  # its budget is spent ("length")
+                        continue
                     keep.append(row)
                 if not keep or step == budget - 1:
                     break

@@ -120,6 +120,15 @@ class ModelSpec:
         """The GGUF file itself (what a llama.cpp server loads), or None for non-GGUF models."""
         return Path(self.path) / self.gguf_file if self.gguf_file else None
 
+    def local_source(self) -> dict[str, Any] | None:
+        """Where the weights are on disk (what the leaderboard hashes): {"kind": "gguf", "path"} for a GGUF
+        model, {"kind": "local", "path"} for a local folder, None for a hub id."""
+        if self.gguf_path is not None:
+            return {"kind": "gguf", "path": str(self.gguf_path)}
+        if Path(str(self.path)).is_dir():
+            return {"kind": "local", "path": str(self.path)}
+        return None
+
     @property
     def cache_key(self) -> str:
         """A directory name for this model's cached float weights."""

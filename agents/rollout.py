@@ -17,6 +17,10 @@
   assistant message kept in the trajectory.
 - A reply cut by the token budget (`finish_reason == "length"`) goes to the env as it is, to be scored;
   the trajectory's `info["truncated_reply"]` counts such replies.
+- Each row has its own context budget. An episode whose next prompt fills the model's context (a token
+  backend's `finish_reason == "context_overflow"`) ends there: `reason == "context_overflow"`,
+  `truncated=True`, `info["context_overflow"] = True`, reward as accumulated so far; the other episodes
+  of its batch are unaffected. (`evaluate` counts these episodes: `EvalResult.context_overflows`.)
 - Reproducible, per episode: each episode samples from its own seed stream (`Episode.sample_seed`, or by
   default one derived from `params.seed` and the episode's index), turn k of it from a seed derived from
   that and k. So an episode's trajectory does not depend on which other episodes share its batch, and
@@ -35,24 +39,26 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import gymnasium as gym
 
 from espl.agents.errors import GenerationError, RolloutError
-from espl.agents.hf import mix_seed
-from espl.agents.policy import Policy
-from espl.agents.templating import TokenPolicy
+from espl.agents.policy import Policy, TokenPolicy
+from espl.seeds import mix_seed
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 
 @dataclass(frozen=True)
 class Episode:
-    """One episode to run: the task seed and the system prompt (None: no system message)."""
+    """One episode to run: the task seed and the system prompt (None: no system message), and where the prompt
+    goes: "system" (a system message) or "user" (atop the first user message, the E-SPL reference's placement;
+    the env's reset option `system_prompt_placement`)."""
 
     seed: int
     system_prompt: str | None = None
     sample_seed: int | None = None  # this episode's sampling stream; None: derived from params.seed and index
+    placement: Literal["system", "user"] = "system"
 
 
 @dataclass
@@ -219,13 +225,16 @@ def rollout(
                     e = _make_env(env, env_kwargs)
                     all_envs.append(e)
                 env_id = env_id or _env_id(env, e)
-                obs, info = e.reset(seed=ep.seed, options={"system_prompt": ep.system_prompt})
+                options: dict[str, Any] = {"system_prompt": ep.system_prompt}
+                if ep.placement != "system":
+                    options["system_prompt_placement"] = ep.placement
+                obs, info = e.reset(seed=ep.seed, options=options)
                 tools = getattr(e.unwrapped, "tools", None) or None
                 st.env_s += time.perf_counter() - t0
                 lv = _Live(idx, ep, e, list(obs), str(info.get("task_id", "")), tools)
-                if token_exact:
+                if isinstance(policy, TokenPolicy):
                     t0 = time.perf_counter()
-                    r = policy.renderer.start(lv.history, tools)  # type: ignore[attr-defined]
+                    r = policy.renderer.start(lv.history, tools)
                     st.render_s += time.perf_counter() - t0
                     lv.prompt_ids, lv.rendered_prompt = list(r.ids), r.text
                     lv.ids, lv.mask, lv.logprobs = list(r.ids), [0] * len(r.ids), [0.0] * len(r.ids)
@@ -259,23 +268,13 @@ def rollout(
     return [done[i] for i in range(len(episodes))]
 
 
-def _takes_seeds(policy: Policy) -> bool:
-    """Whether `policy.generate` accepts per-conversation `seeds` (HF, vLLM and OpenAI backends do)."""
-    import inspect
-
-    try:
-        return "seeds" in inspect.signature(policy.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_exact: bool,
               st: RolloutStats) -> list[Completion]:
     t0 = time.perf_counter()
-    before = getattr(policy, "tokens_generated", 0)
-    if token_exact:
+    before = policy.tokens_generated
+    if isinstance(policy, TokenPolicy):
         seeds = [mix_seed(lv.episode.sample_seed, lv.turns) for lv in live]  # per episode and turn
-        comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,  # type: ignore[attr-defined]
+        comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,
                                        [lv.rendered_prompt if lv.turns == 0 else None for lv in live], seeds=seeds)
     else:
         # text backends take tools per call: batch the episodes that share a tool set together
@@ -285,11 +284,9 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
             groups.setdefault(repr(lv.tools), []).append(i)
         for members in groups.values():
             tools = live[members[0]].tools
-            if _takes_seeds(policy):  # per episode and turn, as above: independent of the batch
-                got = policy.generate([live[i].history for i in members], params, tools=tools,  # type: ignore[call-arg]
-                                      seeds=[mix_seed(live[i].episode.sample_seed, live[i].turns) for i in members])
-            else:
-                got = policy.generate([live[i].history for i in members], params, tools=tools)
+            # seeds per episode and turn, as above: independent of the batch
+            got = policy.generate([live[i].history for i in members], params, tools=tools,
+                                  seeds=[mix_seed(live[i].episode.sample_seed, live[i].turns) for i in members])
             for i, c in zip(members, got):
                 comps_by_index[i] = c
         comps = [comps_by_index[i] for i in range(len(live))]
@@ -297,7 +294,7 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
     if token_exact:
         st.generated_tokens += sum(len(c.token_ids) for c in comps)
     else:  # servers report token counts, not ids
-        st.generated_tokens += getattr(policy, "tokens_generated", 0) - before
+        st.generated_tokens += policy.tokens_generated - before
     return comps
 
 
@@ -306,6 +303,11 @@ def _advance(lv: _Live, comp: Completion, policy: Policy, token_exact: bool,
     """Step the env with the completion; a builder of the finished Trajectory when the episode ended."""
     if lv.turns == 0 and not token_exact:
         lv.rendered_prompt = comp.prompt_text
+    if comp.finish_reason == "context_overflow":
+        # the prompt filled the model's context: no reply to step the env with, so the episode ends here with
+        # its own reason (the env never scored it); other episodes of the batch go on
+        lv.finish_reasons.append(comp.finish_reason)
+        return _finished(lv, {"reason": "context_overflow"}, terminated=False, truncated=True, overflow=True)
     lv.turns += 1
     lv.finish_reasons.append(comp.finish_reason)
     if comp.finish_reason == "length":
@@ -324,25 +326,13 @@ def _advance(lv: _Live, comp: Completion, policy: Policy, token_exact: bool,
     lv.history.append(kept)
     lv.reward += float(reward)
     if terminated or truncated:
-        final_info = dict(info)
-        final_info["truncated_reply"] = lv.truncated_replies
-        final_info["finish_reasons"] = list(lv.finish_reasons)
-
-        def build(env_id: str) -> Trajectory:
-            return Trajectory(
-                env_id=env_id, task_id=lv.task_id, messages=lv.history, reward=lv.reward,
-                reason=str(info.get("reason", "")), system_prompt=lv.episode.system_prompt, seed=lv.episode.seed,
-                num_turns=lv.turns, terminated=bool(terminated), truncated=bool(truncated),
-                token_ids=lv.ids, logprobs=lv.logprobs, mask=lv.mask, rendered_prompt=lv.rendered_prompt,
-                info=final_info,
-            )
-        return build
+        return _finished(lv, info, terminated=bool(terminated), truncated=bool(truncated))
     new_msgs = list(obs)
-    if token_exact:
+    if isinstance(policy, TokenPolicy):
         t0 = time.perf_counter()
-        eot = policy.renderer.eot_id  # type: ignore[attr-defined]
+        eot = policy.renderer.eot_id
         ended = bool(comp.token_ids) and comp.token_ids[-1] == eot
-        cont = policy.renderer.continuation(lv.history, new_msgs, lv.tools, ended_with_eot=ended)  # type: ignore[attr-defined]
+        cont = policy.renderer.continuation(lv.history, new_msgs, lv.tools, ended_with_eot=ended)
         st.render_s += time.perf_counter() - t0
         lv.ids.extend(cont.ids)
         lv.mask.extend([0] * len(cont.ids))
@@ -350,3 +340,22 @@ def _advance(lv: _Live, comp: Completion, policy: Policy, token_exact: bool,
         lv.prompt_ids = list(lv.ids)
     lv.history.extend(new_msgs)
     return None
+
+
+def _finished(lv: _Live, info: dict[str, Any], *, terminated: bool, truncated: bool,
+              overflow: bool = False) -> Callable[[str], Trajectory]:
+    """The builder of an ended episode's Trajectory (the env id is known once the rollout has made an env)."""
+    final_info = dict(info)
+    final_info["truncated_reply"] = lv.truncated_replies
+    final_info["finish_reasons"] = list(lv.finish_reasons)
+    final_info["context_overflow"] = overflow  # True: ended because its prompt filled the model's context
+
+    def build(env_id: str) -> Trajectory:
+        return Trajectory(
+            env_id=env_id, task_id=lv.task_id, messages=lv.history, reward=lv.reward,
+            reason=str(info.get("reason", "")), system_prompt=lv.episode.system_prompt, seed=lv.episode.seed,
+            num_turns=lv.turns, terminated=terminated, truncated=truncated,
+            token_ids=lv.ids, logprobs=lv.logprobs, mask=lv.mask, rendered_prompt=lv.rendered_prompt,
+            info=final_info,
+        )
+    return build

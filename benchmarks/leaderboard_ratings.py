@@ -13,6 +13,7 @@ task at once) at two draw settings. Then the time of `standings` for 10 agents Ã
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 from unittest import mock
@@ -23,7 +24,7 @@ from espl.leaderboard import ratings as R
 
 
 def free_for_all(eps: list[R.EpisodeScore], draw_probability: float) -> dict[str, float]:
-    env = trueskill.TrueSkill(**{**R.TRUESKILL, "draw_probability": draw_probability})
+    env = dataclasses.replace(R.TRUESKILL, draw_probability=draw_probability).env()
     ratings = {a: env.create_rating() for a in sorted({e.agent for e in eps})}
     for _task, scores in R.task_matches(eps):
         names = sorted(scores)
@@ -34,7 +35,7 @@ def free_for_all(eps: list[R.EpisodeScore], draw_probability: float) -> dict[str
 
 
 def one_on_one(eps: list[R.EpisodeScore], tau: float) -> dict[str, float]:
-    with mock.patch.dict(R.TRUESKILL, {"tau": tau}):
+    with mock.patch.object(R, "TRUESKILL", dataclasses.replace(R.TRUESKILL, tau=tau)):
         return {a: r.mu for a, r in R.trueskill_ratings(eps).items()}
 
 

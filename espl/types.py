@@ -58,7 +58,8 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
 
 
-FinishReason = Literal["stop", "length", "error"]
+# "context_overflow": the prompt left no room in the model's context for a reply (nothing was generated)
+FinishReason = Literal["stop", "length", "error", "context_overflow"]
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,11 @@ from typing import Iterable, Sequence
 
 import trueskill
 
-# one definition of the statistics for `espl eval` and the leaderboard
-from espl.agents.evaluate import Z_95, mean_ci95, pass_at_k
+# one definition of the statistics for `espl eval`, the trainer and the leaderboard (agents/stats.py)
+from espl.agents.stats import SUCCESS_REWARD, TIE_MARGIN, Z_95, TrueSkillSettings, mean_ci95, pass_at_ks
 
-SUCCESS_REWARD = 1.0
-TIE_MARGIN = 0.01  # the trainer's tie rule (ESPL_SPEC step 6): scores within 0.01 draw
 # The paper's / trainer's TrueSkill constants but tau: leaderboard agents are fixed (see the module docstring).
-TRUESKILL = dict(mu=25.0, sigma=25.0 / 3, beta=25.0 / 6, tau=0.0, draw_probability=0.10)
+TRUESKILL = TrueSkillSettings(tau=0.0)
 CONSERVATIVE_SIGMAS = 3
 
 
@@ -102,30 +100,13 @@ def mean_ci(rewards: Sequence[float]) -> tuple[float, float]:
     return mean_ci95(rewards)
 
 
-def ks_for(samples_per_task: Iterable[int]) -> list[int]:
-    """The k to report: 1, powers of two, and the largest k every task has enough samples for."""
-    n_min = min(samples_per_task, default=0)
-    if n_min < 1:
-        return []
-    ks = {1, n_min}
-    k = 2
-    while k < n_min:
-        ks.add(k)
-        k *= 2
-    return sorted(ks)
-
-
 def env_score(episodes: Sequence[EpisodeScore]) -> EnvScore:
     """Mean ± CI and pass@k of one agent on one env config."""
     mean, ci = mean_ci([e.reward for e in episodes])
     by_task: dict[int, list[float]] = defaultdict(list)
     for e in episodes:
         by_task[e.seed].append(e.reward)
-    ks = ks_for(len(v) for v in by_task.values())
-    passes = {
-        k: math.fsum(pass_at_k(len(v), sum(r >= SUCCESS_REWARD for r in v), k) for v in by_task.values()) / len(by_task)
-        for k in ks
-    }
+    passes = pass_at_ks(by_task, SUCCESS_REWARD)
     return EnvScore(mean=mean, ci95=ci, episodes=len(episodes), tasks=len(by_task), pass_at_k=passes)
 
 
@@ -197,7 +178,7 @@ def rate_1v1(env: trueskill.TrueSkill, a: trueskill.Rating, b: trueskill.Rating,
 
 def trueskill_ratings(episodes: Iterable[EpisodeScore], agents: Iterable[str] = ()) -> dict[str, Rating]:
     """TrueSkill after every pair of agents that shares a task played it as a 1v1 game, in a fixed order."""
-    env = trueskill.TrueSkill(**TRUESKILL)
+    env = TRUESKILL.env()
     episodes = list(episodes)
     ratings = {a: env.create_rating() for a in sorted(set(agents) | {e.agent for e in episodes})}
     played: dict[str, int] = defaultdict(int)
@@ -209,7 +190,7 @@ def trueskill_ratings(episodes: Iterable[EpisodeScore], agents: Iterable[str] = 
             except FloatingPointError:
                 # the float update gives up on very lopsided games; trueskill's mpmath backend (mpmath is a
                 # sympy dependency, installed with math-verify) computes it at high precision
-                mp = trueskill.TrueSkill(**TRUESKILL, backend="mpmath")
+                mp = TRUESKILL.env(backend="mpmath")
                 (ra,), (rb,) = mp.rate([(ratings[a],), (ratings[b],)], ranks=ranks)
                 ratings[a], ratings[b] = env.create_rating(float(ra.mu), float(ra.sigma)), \
                     env.create_rating(float(rb.mu), float(rb.sigma))

@@ -16,27 +16,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Sequence
 
-import trueskill
+from espl.agents.stats import TrueSkillSettings  # the one definition of the TrueSkill constants
 
 Operation = Literal["root", "mutation", "crossover", "fixed"]
 Selection = Literal["uniform", "ucb", "lucb", "softmax"]
 Placement = Literal["system", "user"]
-
-
-@dataclass(frozen=True)
-class TrueSkillSettings:
-    """TrueSkill constants (reference `trueskill_utils.TrueSkillSystem` defaults)."""
-
-    mu: float = 25.0
-    sigma: float = 25.0 / 3
-    beta: float = 25.0 / 6
-    tau: float = 25.0 / 300
-    draw_probability: float = 0.10
-
-    def env(self) -> trueskill.TrueSkill:
-        return trueskill.TrueSkill(
-            mu=self.mu, sigma=self.sigma, beta=self.beta, tau=self.tau, draw_probability=self.draw_probability
-        )
 
 
 @dataclass

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import trueskill
 
+from espl.agents.stats import pass_at_k
+from espl.agents.stats import report_ks as ks_for
 from espl.leaderboard.ratings import (
-    TRUESKILL, EpisodeScore, env_score, ks_for, mean_ci, overall_score, pair_order, pass_at_k, rate_1v1,
-    rank_by_reward, standings, task_matches, trueskill_ratings,
+    TRUESKILL, EpisodeScore, env_score, mean_ci, overall_score, pair_order, rate_1v1, rank_by_reward, standings,
+    task_matches, trueskill_ratings,
 )
 
 
@@ -85,7 +88,7 @@ def test_trueskill_two_agents_equals_direct_computation():
            ep("a", 2, 1.0), ep("b", 2, 0.995),                  # within 0.01: a draw
            ep("a", 3, 1.0)]                                     # b did not run seed 3: no game
     got = trueskill_ratings(reversed(eps))  # input order must not matter
-    env = trueskill.TrueSkill(**TRUESKILL)
+    env = TRUESKILL.env()
     assert env.tau == 0.0  # leaderboard agents are fixed: no skill drift between games
     a = b = env.create_rating()
     for ranks in ([0, 1], [1, 0], [0, 0]):
@@ -98,7 +101,7 @@ def test_trueskill_two_agents_equals_direct_computation():
 def test_trueskill_three_agents_play_pairs_in_hashed_order():
     eps = [ep("a", 0, 1.0), ep("b", 0, 0.0), ep("c", 0, 0.0)]
     got = trueskill_ratings(eps)
-    env = trueskill.TrueSkill(**TRUESKILL)
+    env = TRUESKILL.env()
     r = {n: env.create_rating() for n in "abc"}
     pairs = sorted([("a", "b"), ("a", "c"), ("b", "c")], key=lambda p: pair_order(("espl/Math-v0", 0), p))
     outcome = {("a", "b"): [0, 1], ("a", "c"): [0, 1], ("b", "c"): [0, 0]}
@@ -170,7 +173,7 @@ def test_lopsided_history_does_not_crash():
 def test_closed_form_1v1_equals_trueskill_rate():
     rng = random.Random(0)
     for tau in (0.0, 25 / 300):
-        env = trueskill.TrueSkill(**{**TRUESKILL, "tau": tau})
+        env = replace(TRUESKILL, tau=tau).env()
         checked = 0
         for _ in range(300):
             a = env.create_rating(rng.uniform(5, 45), rng.uniform(0.3, 9))
@@ -185,3 +188,23 @@ def test_closed_form_1v1_equals_trueskill_rate():
                 assert g.mu == pytest.approx(w.mu, abs=1e-9) and g.sigma == pytest.approx(w.sigma, abs=1e-9)
             checked += 1
         assert checked > 250
+
+
+def test_one_home_for_the_statistics():
+    """The leaderboard, `espl eval` and the trainer share agents/stats.py: the same pass@k, the same CI, and
+    TrueSkill constants that differ only in tau (leaderboard agents do not drift)."""
+    import importlib
+
+    from espl.agents import stats
+    from espl.leaderboard import ratings
+
+    evaluate = importlib.import_module("espl.agents.evaluate")  # the package's `evaluate` is the function
+    from espl.trainer.config import TrainConfig
+    from espl.trainer.pool import TrueSkillSettings
+
+    assert evaluate.pass_at_k is stats.pass_at_k and evaluate.mean_ci95 is stats.mean_ci95
+    assert ratings.mean_ci95 is stats.mean_ci95 and ratings.TIE_MARGIN == stats.TIE_MARGIN
+    assert TrueSkillSettings is stats.TrueSkillSettings
+    assert replace(ratings.TRUESKILL, tau=stats.TrueSkillSettings().tau) == stats.TrueSkillSettings()
+    assert TrainConfig().trueskill.settings() == stats.TrueSkillSettings()
+    assert TrainConfig().trueskill.tie_tolerance == stats.TIE_MARGIN
