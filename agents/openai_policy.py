@@ -83,6 +83,15 @@ class OpenAIPolicy:
                           tool_format=self.tool_format, max_concurrency=self.max_concurrency,
                           timeout_s=self.timeout_s, retries=self.retries)
 
+    def model_source(self) -> dict[str, Any]:
+        """The server and the model it serves (no weights to hash; the URL without credentials or query)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.base_url)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return {"kind": "server", "base_url": urlunsplit((parts.scheme, host, parts.path, "", "")),
+                "model": self.served_model}
+
     def close(self) -> None:
         if self.owned_server is not None:
             self.owned_server.close()

@@ -18,6 +18,7 @@ Capabilities (all `runtime_checkable`; a backend has a capability when it has it
 - `JsonPolicy`: schema-constrained generation, `generate_json(convs, params, schemas) -> texts` (HF through
   xgrammar, OpenAI-compatible servers through `response_format`). The LLM mutator uses it when present.
 - `AdapterFilePolicy`: engines that load a LoRA adapter from a PEFT directory (vLLM).
+- `ModelSourcePolicy`: where the weights come from (`model_source()`), recorded by the leaderboard.
 
 Backends: `HFPolicy` (agents/hf.py), `VLLMPolicy` (agents/vllm_policy.py), `OpenAIPolicy`
 (agents/openai_policy.py), and "llamacpp": an `OpenAIPolicy` on a llama.cpp server this process starts and
@@ -146,6 +147,15 @@ class AdapterFilePolicy(Protocol):
     adapter_model.safetensors); every later generate call uses it (vLLM)."""
 
     def load_adapter(self, path: str | Path, name: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class ModelSourcePolicy(Protocol):
+    """A policy that says where its weights come from (what the leaderboard records to reproduce a run):
+    {"kind": "gguf" | "local", "path": ...}, {"kind": "hub", "id": ..., "commit": ...}, {"kind": "server",
+    "base_url": ... (no credentials), "model": ...}, or None when unknown (a model object passed in)."""
+
+    def model_source(self) -> dict[str, Any] | None: ...
 
 
 # ---- the spec and the factory -----------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from espl.agents.hf import mix_seed
 from espl.agents.models import ModelSpec, _build_float_cache, float_cache_path, resolve_model
 from espl.agents.templating import ChatRenderer
+from espl.seeds import mix_seed
 from espl.types import Completion, Message, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,10 @@ class VLLMPolicy:
         self._pushes = 0
         self.tokens_generated = 0
         self.max_context: int | None = max_model_len
+
+    def model_source(self) -> dict[str, Any] | None:
+        """Where the weights come from (the GGUF file of an alias, or a local folder); None for a hub id."""
+        return self.spec.local_source()
 
     def close(self) -> None:
         """Drop the temporary adapter directories (the engine goes with the object)."""

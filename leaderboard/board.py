@@ -1,5 +1,9 @@
 """The leaderboard as plain data: standings joined with what each agent is. One source for
-`espl leaderboard show` (table and `--json`) and the HTML page, so they never disagree."""
+`espl leaderboard show` (table and `--json`) and the HTML page, so they never disagree.
+
+Each row's `progress` is {"done", "planned", "complete"}: episodes stored of those its suites plan
+(`Store.progress`). An incomplete agent keeps its rank but every view marks it "incomplete d/p".
+"""
 
 from __future__ import annotations
 
@@ -45,10 +49,16 @@ def board_data(store: Store, env: str | None = None) -> dict[str, Any]:
         counts = reasons.setdefault((e["agent_hash"], e["env_key"]), {})
         counts[e["reason"]] = counts.get(e["reason"], 0) + 1
 
+    progress = store.progress(env_key)
     rows = []
     for st in standings(scores, env_key=env_key):
         a = agents[st.agent]
+        done, planned = progress.get(st.agent, (0, 0))
+        if planned == 0:  # no suite on record (imported runs): what is stored is all there is
+            done = planned = st.score.episodes
         rows.append({
+            # incomplete: fewer episodes stored than its suites plan (an eval that was interrupted or failed)
+            "progress": {"done": done, "planned": planned, "complete": done >= planned},
             "rank": st.rank, "agent": st.agent, "name": a["name"], "model": a["model"], "backend": a["backend"],
             "adapter": a["adapter"], "adapter_hash": a["adapter_hash"], "system_prompt": a["system_prompt"],
             "prompt_hash": a["prompt_hash"], "sampling": a["sampling"], "runs": runs_per_agent.get(st.agent, 0),

@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
+from espl.agents.policy import ModelSourcePolicy
 from espl.leaderboard.ratings import EnvScore, EpisodeScore, env_score
-from espl.leaderboard.store import AgentSpec, EpisodeRecord, RunHandle, Store
+from espl.leaderboard.store import AgentSpec, EpisodeRecord, RunHandle, Store, suite_entries
 from espl.leaderboard.suites import Suite
+from espl.seeds import derive_seed
 from espl.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,6 @@ class SuiteResult:
         for e, env in zip(out["envs"], self.envs):
             e["score"]["pass_at_k"] = {str(k): v for k, v in env.score.pass_at_k.items()}
         return out
-
-
-def derive_seed(*parts: Any) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def check_envs(suite: Suite) -> None:
@@ -194,8 +190,7 @@ def reproducibility_metadata(agent: AgentSpec, suite: Suite, params: SamplingPar
         "sampling": {k: v for k, v in asdict(params).items()},
         "seed_rule": "task = env seed; Episode.sample_seed = sha256(params.seed/env key/seed/sample)[:31 bits]",
         "suite": {"name": suite.name, "source": suite.source, "hash": suite.content_hash,
-                  "entries": [{"id": e.env_id, "episodes": e.episodes, "seed": e.seed, "split": e.split,
-                               "samples": e.samples, "kwargs": e.env_kwargs} for e in suite.entries]},
+                  "entries": suite_entries(suite)},
         "adapter": agent.adapter, "adapter_hash": agent.adapter_hash,
     }
 
@@ -241,23 +236,15 @@ def dir_sha256(path: Path) -> str:
 def model_revision(policy: Any) -> dict[str, Any] | None:
     """The exact weights behind a policy: a GGUF's sha256, a local folder's content hash, a hub commit, or
     for a server the model id it reported (no weights to hash; the server is its own record)."""
-    spec = getattr(policy, "spec", None)
-    if spec is not None and getattr(spec, "gguf_path", None) is not None:
-        gguf = Path(spec.gguf_path)
+    source = policy.model_source() if isinstance(policy, ModelSourcePolicy) else None
+    if source is None:
+        return None
+    if source["kind"] == "gguf":
+        gguf = Path(source["path"])
         return {"kind": "gguf", "file": gguf.name, "size": gguf.stat().st_size, "sha256": file_sha256(str(gguf))}
-    if spec is not None and Path(str(spec.path)).is_dir():
-        return {"kind": "local", "path": str(spec.path), "sha256": dir_sha256(Path(spec.path))}
-    config = getattr(getattr(policy, "model", None), "config", None)
-    commit = getattr(config, "_commit_hash", None)
-    if commit:
-        return {"kind": "hub", "id": getattr(config, "name_or_path", None), "commit": commit}
-    base_url = getattr(policy, "base_url", None)
-    if base_url:
-        parts = urlsplit(str(base_url))
-        host = parts.hostname or ""
-        clean = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
-        return {"kind": "server", "base_url": clean, "model": getattr(policy, "model", None) or getattr(policy, "name", None)}
-    return None
+    if source["kind"] == "local":
+        return {"kind": "local", "path": source["path"], "sha256": dir_sha256(Path(source["path"]))}
+    return source
 
 
 def sampling_identity(params: SamplingParams) -> dict[str, Any]:

@@ -98,6 +98,41 @@ class StoreError(RuntimeError):
     """The database cannot be used (not ours, corrupt, newer schema); the file was not modified."""
 
 
+class ReadOnlyStoreError(StoreError):
+    """The database (or its folder) is read-only: reading commands work, writing ones cannot."""
+
+
+def _read_only_error(path: Path, why: str) -> ReadOnlyStoreError:
+    return ReadOnlyStoreError(
+        f"--db {path}: the database is read-only ({why}); `espl leaderboard show/html/export` read it as it is, "
+        "commands that store results need a writable file and folder (or another --db)")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why a writer cannot use `path` (the file, or the folder SQLite keeps its -wal/-shm files in), or None."""
+    folder = path.parent if path.parent != Path("") else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is not writable"
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection. A WAL database in a folder we cannot write keeps no -shm file there, which
+    `mode=ro` needs; it is then opened `immutable=1` (SQLite reads the file as it is, with no locking)."""
+    uri = path.resolve().as_uri()
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError as exc:
+        con.close()
+        if _unwritable(path) is None or "unable to open" not in str(exc):
+            raise
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -200,7 +235,7 @@ def inspect_file(path: Path) -> None:
             "left untouched. Choose another path with --db."
         )
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        con = connect_read_only(path)
     except sqlite3.Error as exc:
         raise StoreError(f"--db {path}: cannot open it read-only ({exc}); the file was left untouched") from None
     try:
@@ -229,11 +264,27 @@ def inspect_file(path: Path) -> None:
 
 
 class Store:
-    """A connection to one leaderboard database. Open one per process (or thread); close when done."""
+    """A connection to one leaderboard database. Open one per process (or thread); close when done.
 
-    def __init__(self, path: str | Path | None = None):
+    `read_only=True` (what `leaderboard show/html/export` use): the file must exist and is never written,
+    so a database on a read-only disk or in someone else's folder can be viewed. A writing store refuses a
+    read-only database with `ReadOnlyStoreError` ("read-only", not "corrupt").
+    """
+
+    def __init__(self, path: str | Path | None = None, *, read_only: bool = False):
         self.path = Path(path).expanduser() if path is not None else default_db_path()
+        self.read_only = read_only
         inspect_file(self.path)
+        if read_only:
+            if not self.path.is_file() or self.path.stat().st_size == 0:
+                raise StoreError(f"--db {self.path}: no leaderboard stored there yet; run `espl eval --suite smoke "
+                                 "--model ...` first, or pass --db PATH")
+            self._con = connect_read_only(self.path)
+            self._con.row_factory = sqlite3.Row
+            return
+        why = _unwritable(self.path)
+        if why is not None:
+            raise _read_only_error(self.path, why)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; every write below is an explicit BEGIN IMMEDIATE
         self._con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -244,6 +295,8 @@ class Store:
             self._init_schema()
         except sqlite3.OperationalError as exc:  # read-only file or folder, full disk, lock held too long
             self._con.close()
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise _read_only_error(self.path, str(exc)) from None
             raise StoreError(f"--db {self.path}: cannot write to it ({exc}); check its permissions and free space") from None
 
     def __enter__(self) -> "Store":
@@ -259,6 +312,8 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers never both
         read-then-write (the deadlock that plain BEGIN can give); busy_timeout queues them."""
+        if self.read_only:
+            raise _read_only_error(self.path, "opened read-only")
         self._con.execute("BEGIN IMMEDIATE")
         try:
             yield self._con
@@ -313,7 +368,12 @@ class Store:
         return con.execute("SELECT id FROM agents WHERE hash = ?", (agent_hash,)).fetchone()[0]
 
     def start_run(self, agent_id: int, suite: Suite, metadata: dict[str, Any]) -> RunHandle:
+        """A new run of the agent on `suite`. The metadata records the suite's entries (what `progress`
+        counts as planned) unless the caller already put them there."""
         run_uuid = uuid.uuid4().hex
+        if "suite" not in metadata:
+            metadata = {**metadata, "suite": {"name": suite.name, "source": suite.source, "hash": suite.content_hash,
+                                              "entries": suite_entries(suite)}}
         with self._write() as con:
             for e in suite.entries:
                 con.execute("INSERT OR IGNORE INTO env_configs VALUES (?,?,?,?)",
@@ -394,6 +454,28 @@ class Store:
             out.append(d)
         return out
 
+    def progress(self, env_key: str | None = None) -> dict[str, tuple[int, int]]:
+        """agent hash -> (episodes done, episodes planned): planned are the episodes of the suites this agent's
+        runs were started on (their metadata), done those of them stored. done < planned: the agent is
+        incomplete (an interrupted or failed eval; its rating rests on fewer tasks). Runs without a suite
+        record (imported from elsewhere) plan nothing. `env_key` limits both to one env config."""
+        planned: dict[str, set[tuple[str, int, int]]] = {}
+        for run in self.runs():
+            wanted = planned.setdefault(run["agent_hash"], set())
+            for e in (run["metadata"].get("suite") or {}).get("entries", []):
+                try:
+                    entry = SuiteEntry(e["id"], int(e["episodes"]), int(e.get("seed", 0)), e.get("split", "test"),
+                                       int(e.get("samples", 1)), dict(e.get("kwargs") or {}))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if env_key is None or entry.env_key == env_key:
+                    wanted.update((entry.env_key, s, k) for s in entry.seeds() for k in range(entry.samples))
+        stored: dict[str, set[tuple[str, int, int]]] = {}
+        for r in self._con.execute("SELECT agents.hash, env_key, seed, sample FROM episodes JOIN agents ON "
+                                   "agents.id = episodes.agent_id"):
+            stored.setdefault(r[0], set()).add((r[1], r[2], r[3]))
+        return {a: (len(w & stored.get(a, set())), len(w)) for a, w in planned.items()}
+
     def env_configs(self) -> list[dict[str, Any]]:
         rows = self._con.execute("SELECT * FROM env_configs ORDER BY env_key").fetchall()
         return [{"env_key": r["env_key"], "env_id": r["env_id"], "split": r["split"],
@@ -407,8 +489,12 @@ class Store:
     def export_data(self) -> dict[str, Any]:
         """Everything, keyed by content hashes and run uuids (not row ids), so another store can merge it."""
         agents = self.agents()
+        progress = self.progress()
         for a in agents:
             a.pop("id")
+            done, planned = progress.get(a["hash"], (0, 0))
+            # informational (import ignores it): done/planned episodes of the agent's suites
+            a["progress"] = {"done": done, "planned": planned, "complete": done >= planned}
         runs = self.runs()
         for r in runs:
             r.pop("id"), r.pop("agent_id")
@@ -465,6 +551,12 @@ class Store:
         except (KeyError, TypeError, ValueError, sqlite3.IntegrityError) as exc:
             raise StoreError(f"import: malformed export ({type(exc).__name__}: {exc}); nothing was imported") from None
         return added
+
+
+def suite_entries(suite: Suite) -> list[dict[str, Any]]:
+    """A suite's entries as run metadata records them (and `Store.progress` reads them back)."""
+    return [{"id": e.env_id, "episodes": e.episodes, "seed": e.seed, "split": e.split, "samples": e.samples,
+             "kwargs": e.env_kwargs} for e in suite.entries]
 
 
 def _agent_dict(r: sqlite3.Row) -> dict[str, Any]:

@@ -178,7 +178,9 @@ def test_export_import_round_trip_is_idempotent(tmp_path):
         assert b.import_data(data) == {"agents": 0, "runs": 0, "episodes": 0}
         again = b.export_data()
     assert [e["reward"] for e in again["episodes"]] == [1.0, 0.0]
-    assert again["runs"][0]["metadata"] == {"seeds": [10, 11]}
+    meta = again["runs"][0]["metadata"]
+    assert {k: v for k, v in meta.items() if k != "suite"} == {"seeds": [10, 11]}
+    assert meta["suite"]["entries"] and meta["suite"]["hash"] == SUITE.content_hash  # start_run records the plan
     assert {x["hash"] for x in again["agents"]} >= {x["hash"] for x in data["agents"]}
 
 
@@ -219,7 +221,7 @@ def test_read_only_database_is_a_clear_error(tmp_path):
             res = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
             require(res.returncode == 0, "chattr +i (a file root cannot write)")
             immutable = True
-        with pytest.raises(StoreError, match="cannot write"):
+        with pytest.raises(StoreError, match="read-only"):
             Store(path)
     finally:
         if immutable:
