@@ -3,6 +3,7 @@ imports from the venv, and no generic top-level name (`envs`, `agents`, ...) is 
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 import zipfile
@@ -33,11 +34,23 @@ def test_wheel_has_only_the_espl_namespace(wheel):
         assert pkg.replace(".", "/") + "/__init__.py" in names
 
 
+def dependency_paths() -> list[str]:
+    """The site-packages of the interpreter running the tests: a venv's own (README's set-up), or the system
+    Python's (CI). `venv --system-site-packages` would not do: made from a venv's interpreter it sees the
+    base interpreter's packages, not the venv's."""
+    paths = [*site.getsitepackages(), site.getusersitepackages()] if site.ENABLE_USER_SITE else site.getsitepackages()
+    return [p for p in dict.fromkeys(paths) if Path(p).is_dir()]
+
+
 def test_wheel_installs_into_a_clean_venv_and_imports(wheel, tmp_path):
     venv = tmp_path / "venv"
-    # system site-packages provide the (large) dependencies; espl itself must come from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # the (large) dependencies come from this interpreter's site-packages, listed after the venv's own as plain
+    # path lines (their .pth files, e.g. an editable espl install, are not run); espl must come from the wheel
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "espl_test_dependencies.pth").write_text("\n".join(dependency_paths()) + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)], check=True, capture_output=True)
     code = (
         "import importlib, sys\n"
