@@ -164,21 +164,6 @@ def batch_indices(cfg: TrainConfig, step: int) -> list[int]:
     return order[batch * cfg.data.batch_problems : (batch + 1) * cfg.data.batch_problems]
 
 
-def _user_placement_env(env_id: str, **kwargs: Any) -> Any:
-    return _UserPlacement(env_id, kwargs)
-
-
-def _UserPlacement(env_id: str, kwargs: dict) -> Any:
-    """The env with `system_prompt_placement="user"` added to every reset (a Gymnasium wrapper)."""
-    import gymnasium as gym
-
-    class UserPlacement(gym.Wrapper):
-        def reset(self, *, seed=None, options=None):
-            return self.env.reset(seed=seed, options={**(options or {}), "system_prompt_placement": "user"})
-
-    return UserPlacement(gym.make(env_id, **kwargs))
-
-
 # ---- a step's intermediate results ---------------------------------------------------------------------------
 
 
@@ -323,15 +308,13 @@ class Trainer:
         kwargs = dict(self.cfg.env_kwargs)
         if split:
             kwargs["split"] = split
-        env: Any = self.cfg.env
-        if self.cfg.selection.placement == "user":  # the reference's placement: principles at the top of the user turn
-            env = functools.partial(_user_placement_env, self.cfg.env)  # picklable: Ray workers build it
-        return (self.rollout_fn or rollout)(env, self.policy, episodes, params, env_kwargs=kwargs)
+        return (self.rollout_fn or rollout)(self.cfg.env, self.policy, episodes, params, env_kwargs=kwargs)
 
     def _episode(self, index: int, principles: Sequence[str], seed: int) -> Any:
         from espl.agents.rollout import Episode
 
-        return Episode(seed=index, system_prompt=prompt_text(principles, self.cfg.selection.placement), sample_seed=seed)
+        placement = self.cfg.selection.placement  # "user": the reference's, principles atop the first user turn
+        return Episode(seed=index, system_prompt=prompt_text(principles, placement), sample_seed=seed, placement=placement)
 
     # -- one step: ESPL_SPEC steps 1-8 --
     def step(self) -> StepMetrics:

@@ -122,3 +122,16 @@ def test_envs_are_reused_across_rollout_calls(smol_policy):
     assert CountedEnv.made == 3  # the pooled envs served the second call
     assert [t.token_ids for t in first] == [t.token_ids for t in second]
     close_env_pool()
+
+
+def test_placement_is_a_field_of_the_episode(smol_policy):
+    """Issue 12.5: "user" placement (the E-SPL reference's) comes from the Episode, no env wrapper: the prompt
+    opens the first user message; "system" (the default) makes it the system message."""
+    params = SamplingParams(max_new_tokens=4, seed=0)
+    user, system = rollout("espl/Math-v0", smol_policy, [Episode(seed=1, system_prompt="Be brief.", placement="user"),
+                                                         Episode(seed=1, system_prompt="Be brief.")], params)
+    assert user.messages[0]["role"] == "user" and user.messages[0]["content"].startswith("Be brief.\n\n")
+    assert not any(m["role"] == "system" for m in user.messages)
+    assert system.messages[0] == {"role": "system", "content": "Be brief."}
+    assert system.messages[1]["content"] == user.messages[0]["content"][len("Be brief.\n\n"):]
+    assert user.env_id == system.env_id == "espl/Math-v0"

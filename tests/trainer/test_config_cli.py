@@ -338,3 +338,12 @@ def test_train_env_flag_typo_is_one_line(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--env", "espl/Mth-v0"])
     assert res.exit_code == 2 and "error: env = 'espl/Mth-v0'" in res.output and "espl/Math-v0" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_placement_travels_in_the_episode():
+    """Issue 12.5: the trainer puts `selection.placement` on each Episode; the env id stays a plain id (no wrapper)."""
+    trainer = Trainer.__new__(Trainer)
+    for placement in ("user", "system"):
+        trainer.cfg = TrainConfig.from_dict({"selection.placement": placement})
+        ep = trainer._episode(3, ("Check the units.",), 7)
+        assert (ep.seed, ep.sample_seed, ep.placement) == (3, 7, placement) and "Check the units." in ep.system_prompt
