@@ -240,7 +240,8 @@ def _bare_calls(text: str, tool_names: Collection[str], id_prefix: str) -> list[
         except json.JSONDecodeError:
             break
         items = obj if isinstance(obj, list) else [obj]
-        named = [o for o in items if isinstance(o, dict) and _unwrap(o).get("name") in tool_names]
+        named = [o for o in items if isinstance(o, dict) and isinstance(_unwrap(o).get("name"), str)
+                 and _unwrap(o)["name"] in tool_names]
         if not named or len(named) != len(items):
             break
         for o in named:

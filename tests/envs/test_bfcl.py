@@ -301,3 +301,14 @@ def test_mixed_env_visits_every_category_in_consecutive_seeds():
     assert len(env.items) == sum(len(bfcl.BFCLEnv(category=c, split="test").items) for c in bfcl.AST_CATEGORIES)
     assert {env.make_task(s).data["category"] for s in range(10)} == set(bfcl.AST_CATEGORIES)
     assert len({it["id"] for it in env.items}) == len(env.items)
+
+
+@pytest.mark.parametrize("text", ['{"name": ["calculate_triangle_area"], "arguments": {}}',
+                                  '[{"name": {"x": 1}, "arguments": {}}]', '{"function": {"name": 3}}'])
+def test_a_call_whose_name_is_not_a_string_is_scored_not_raised(text):
+    _bfcl()
+    env = gym.make("espl/BFCL-Simple-v0", split="train").unwrapped
+    task = next(env.make_task(i) for i in range(len(env.items)) if env.items[i]["id"] == "simple_python_0")
+    env.reset(options={"task": task})
+    _, reward, terminated, _, info = env.step(text)  # read as prose (no known tool named): a wrong count
+    assert (reward, terminated, info["reason"]) == (0.0, True, "simple_function_checker:wrong_count")
