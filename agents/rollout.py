@@ -156,8 +156,7 @@ def _make_env(env: EnvSource, env_kwargs: dict[str, Any]) -> gym.Env:
 def _env_id(env: EnvSource, instance: gym.Env) -> str:
     if isinstance(env, str):
         return env
-    spec = getattr(instance, "spec", None)
-    return spec.id if spec is not None else type(instance.unwrapped).__name__
+    return instance.spec.id if instance.spec is not None else type(instance.unwrapped).__name__
 
 
 def with_sample_seeds(episodes: Sequence[Episode], params: SamplingParams) -> list[Episode]:

@@ -141,3 +141,32 @@ def test_math_bench_suite_covers_each_held_out_set_once():
         env = gym.make(entry.env_id, **entry.make_kwargs()).unwrapped
         assert entry.split == "test"
         assert entry.episodes == env.test_set_size  # every held-out task, none twice (seeds wrap around)
+
+
+def test_espl_eval_runs_an_mmath_env_through_llamacpp():
+    """`espl eval --llamacpp`: the packaged GGUF in a real llama.cpp server, scored by the MMATH env."""
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
+    import json
+
+    from typer.testing import CliRunner
+
+    from espl.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--env", "espl/CNMO-v0", "--model", "smollm2-135m", "--llamacpp",
+                                      "--threads", "1", "-n", "2", "--max-new-tokens", "16", "--temperature", "0",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["episodes"] == 2 and summary["env"] == "espl/CNMO-v0"
+    assert 0 < summary["generated_tokens"] <= 2 * 16
+    assert sum(summary["reasons"].values()) == 2
+
+
+def test_espl_eval_llamacpp_and_base_url_are_exclusive():
+    from typer.testing import CliRunner
+
+    from espl.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--env", "espl/CNMO-v0", "--llamacpp",
+                                      "--base-url", "http://127.0.0.1:1/v1"])
+    assert result.exit_code != 0 and "--llamacpp" in result.output and "--base-url" in result.output
