@@ -251,9 +251,9 @@ class HFPolicy:
         source = self.spec.local_source() if self.spec is not None else None
         if source is not None:
             return source
-        config = self.model.config  # a transformers PretrainedConfig: both fields always exist (None if unknown)
-        commit = config._commit_hash
-        return {"kind": "hub", "id": config.name_or_path, "commit": commit} if commit else None
+        config = getattr(self.model, "config", None)
+        commit = getattr(config, "_commit_hash", None)
+        return {"kind": "hub", "id": getattr(config, "name_or_path", None), "commit": commit} if commit else None
 
     def policy_spec(self, device: str | None = None) -> PolicySpec:
         """The `PolicySpec` that rebuilds this policy elsewhere (adapter weights travel separately)."""
