@@ -276,8 +276,9 @@ class RayRollout:
             self._owns_ray = True
         self._factory = policy_factory
         # max_concurrency=2: `busy`/`pid` answer while `run` works (the driver never sends two runs at once)
-        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
-                                     max_concurrency=2)(RolloutWorker)
+        self._actor_cls = ray.remote(  # type: ignore[call-overload]  # ray's stubs lack max_concurrency
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+            max_concurrency=2)(RolloutWorker)
         self.num_workers = num_workers
         self.chunk_size = chunk_size
         self.max_attempts = max_attempts

@@ -121,8 +121,8 @@ def evaluate(
     t0 = time.perf_counter()
     error = None
     try:
-        trajs = (rollout_fn or rollout)(env, policy, eps, params, env_kwargs=kwargs, max_batch=max_batch,
-                                        progress=progress, stats=stats)
+        run: Callable[..., list[Trajectory]] = rollout_fn or rollout  # a RayRollout takes policy=None
+        trajs = run(env, policy, eps, params, env_kwargs=kwargs, max_batch=max_batch, progress=progress, stats=stats)
     except RolloutError as exc:
         trajs = [exc.trajectories[i] for i in sorted(exc.trajectories)]
         error = str(exc)

@@ -442,9 +442,9 @@ class HFPolicy:
                 tok, lp = _sample(logits, params, [gens[i] for i in alive])
                 tok_l, lp_l = tok.tolist(), lp.tolist()
                 keep = []
-                for row, (i, t, l) in enumerate(zip(alive, tok_l, lp_l)):
+                for row, (i, t, lp_i) in enumerate(zip(alive, tok_l, lp_l)):
                     gen_ids[i].append(t)
-                    gen_lps[i].append(l)
+                    gen_lps[i].append(lp_i)
                     if t in self.stop_ids:
                         finish[i] = "stop"
                         continue
@@ -469,7 +469,7 @@ class HFPolicy:
                 next_pos = next_pos + 1
         del stop_ids
         stats.generated_tokens += sum(len(g) for g in gen_ids)
-        return [self._completion(p, g, l, f, s) for p, g, l, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
+        return [self._completion(p, g, lps, f, s) for p, g, lps, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
 
     def _stop_string_hit(self, ids: list[int], stops: Sequence[str]) -> str | None:
         longest = max(len(s) for s in stops)

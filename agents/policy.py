@@ -298,7 +298,6 @@ def build_policy(spec: PolicySpec) -> Policy:
         from espl.agents.hf import HFPolicy
 
         hf = HFPolicy(spec.model, lora=spec.lora, device=spec.device, dtype=spec.dtype, max_batch=spec.max_batch)
-        hf.built_from = spec
         if spec.adapter:
             from safetensors.torch import load_file
 
@@ -315,7 +314,6 @@ def build_policy(spec: PolicySpec) -> Policy:
         if spec.lora is not None:
             kwargs["max_lora_rank"] = spec.lora.r
         vl = VLLMPolicy(spec.model, **kwargs)
-        vl.built_from = spec
         return vl
     if spec.backend == "openai":
         import os

@@ -267,12 +267,19 @@ def rollout(
     return [done[i] for i in range(len(episodes))]
 
 
+def _stream(lv: _Live) -> int:
+    """The episode's sampling stream (filled in by `rollout` before any generation)."""
+    if lv.episode.sample_seed is None:
+        raise RuntimeError(f"episode {lv.index}: no sample_seed (rollout fills it in before generating)")
+    return lv.episode.sample_seed
+
+
 def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_exact: bool,
               st: RolloutStats) -> list[Completion]:
     t0 = time.perf_counter()
     before = policy.tokens_generated
     if isinstance(policy, TokenPolicy):
-        seeds = [mix_seed(lv.episode.sample_seed, lv.turns) for lv in live]  # per episode and turn
+        seeds = [mix_seed(_stream(lv), lv.turns) for lv in live]  # per episode and turn
         comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,
                                        [lv.rendered_prompt if lv.turns == 0 else None for lv in live], seeds=seeds)
     else:
@@ -285,7 +292,7 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
             tools = live[members[0]].tools
             # seeds per episode and turn, as above: independent of the batch
             got = policy.generate([live[i].history for i in members], params, tools=tools,
-                                  seeds=[mix_seed(live[i].episode.sample_seed, live[i].turns) for i in members])
+                                  seeds=[mix_seed(_stream(live[i]), live[i].turns) for i in members])
             for i, c in zip(members, got):
                 comps_by_index[i] = c
         comps = [comps_by_index[i] for i in range(len(live))]

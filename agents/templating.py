@@ -55,7 +55,7 @@ class ChatRenderer:
                 "tokenizer: has no chat template; give an instruct/chat model or set tokenizer.chat_template"
             )
         self.tokenizer = tokenizer
-        probe = [{"role": "user", "content": "hi"}]
+        probe: list[Message] = [{"role": "user", "content": "hi"}]
         self.native_tools = self._render(probe, [_PROBE_TOOL], True) != self._render(probe, None, True)
         if not self.native_tools:
             log.info("chat template ignores tools=: using the Hermes-in-system-message fallback")
@@ -129,7 +129,7 @@ class ChatRenderer:
 
     def _end_of_turn(self) -> tuple[str, int | None]:
         """The template's end-of-turn special token after an assistant reply (`<|im_end|>` for ChatML)."""
-        msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+        msgs: list[Message] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
         text = self._render(msgs, None, False)
         after = text[text.rfind(_SENTINEL) + len(_SENTINEL):]
         ids = self.encode(after) if after else ()

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 from espl.agents.models import ModelSpec, _build_float_cache, float_cache_path, resolve_model
 from espl.agents.templating import ChatRenderer
 from espl.seeds import mix_seed
-from espl.types import Completion, Message, SamplingParams
+from espl.types import Completion, FinishReason, Message, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class VLLMPolicy:
         try:
             from vllm.inputs import TokensPrompt
         except ImportError:  # older vLLM takes the dict form
-            TokensPrompt = dict  # noqa: N806
+            TokensPrompt = dict
         if seeds is None:
             base = params.seed if params.seed is not None else None
             seeds = [mix_seed(base, i) if base is not None else None for i in range(len(prompts))]  # type: ignore[misc]
@@ -173,7 +173,7 @@ class VLLMPolicy:
             self.tokens_generated += len(ids)
             body = ids[:-1] if ids and ids[-1] in self.stop_ids else ids
             text = c.text if params.stop else self.tokenizer.decode(body, skip_special_tokens=False)
-            finish = "length" if c.finish_reason == "length" else "stop"
+            finish: FinishReason = "length" if c.finish_reason == "length" else "stop"
             comps.append(Completion({"role": "assistant", "content": text}, finish, tuple(int(t) for t in p), ids,
                                     lps, prompt_texts[i] if prompt_texts else None))
         return comps

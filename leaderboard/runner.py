@@ -108,6 +108,10 @@ def run_suite(
     try:
         for entry in suite.entries:
             missing = todo[entry.env_key]
+            if not missing:
+                continue
+            if run is None:  # cannot happen: a run is started whenever an episode is missing
+                raise RuntimeError("run_suite: episodes to run but no run row")
             for start in range(0, len(missing), chunk_size):
                 chunk = missing[start:start + chunk_size]
                 episodes = [Episode(seed=seed, system_prompt=agent.system_prompt,

@@ -383,7 +383,7 @@ class Store:
                 " VALUES (?,?,?,?,'running',?,?)",
                 (run_uuid, agent_id, suite.name, suite.content_hash, utc_now(), json.dumps(metadata, default=str)),
             )
-            return RunHandle(id=cur.lastrowid, uuid=run_uuid, agent_id=agent_id)
+            return RunHandle(id=int(cur.lastrowid or 0), uuid=run_uuid, agent_id=agent_id)  # set by the INSERT
 
     def add_episodes(self, run: RunHandle, records: Sequence[EpisodeRecord]) -> int:
         """Store finished episodes in one transaction; returns how many were new (repeats are ignored)."""

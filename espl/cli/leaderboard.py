@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -71,6 +71,7 @@ def show(
 ) -> None:
     """Ranked table: rank, agent, rating (TrueSkill μ - 3σ), score ± 95 % CI, pass@1, episodes.
     Agents whose eval stopped early are marked in a done/planned column ("6/12 incomplete")."""
+    from rich.console import JustifyMethod
     from rich.markup import escape
 
     board = _board(db, env)
@@ -83,7 +84,7 @@ def show(
     title = f"leaderboard · {board['env'] or 'overall'} · {len(board['rows'])} agents"
     table = Table(title=title, caption=f"{board['db']} · envs: {', '.join(board['envs'])}")
     any_incomplete = any(incomplete_mark(r) for r in board["rows"])
-    columns = [("rank", "right"), ("agent", "left"), ("rating", "right"), ("μ ± σ", "right"),
+    columns: list[tuple[str, JustifyMethod]] = [("rank", "right"), ("agent", "left"), ("rating", "right"), ("μ ± σ", "right"),
                ("score ± CI", "right"), ("pass@1", "right"), ("episodes", "right")]
     if any_incomplete:  # done/planned episodes, shown when some agent's eval stopped early
         columns.append(("done/planned", "right"))
@@ -171,7 +172,7 @@ def suites(as_json: bool = typer.Option(False, "--json", metavar="", help="Print
     from espl.leaderboard.suites import builtin_suites, load_suite
 
     loaded = [load_suite(n) for n in builtin_suites()]
-    rows = [{"name": s.name, "description": s.description, "episodes": s.num_episodes,
+    rows: list[dict[str, Any]] = [{"name": s.name, "description": s.description, "episodes": s.num_episodes,
              "envs": [{"id": e.env_id, "episodes": e.episodes, "seed": e.seed, "split": e.split,
                        "samples": e.samples, "kwargs": e.env_kwargs} for e in s.entries]} for s in loaded]
     if as_json:
