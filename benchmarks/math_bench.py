@@ -10,7 +10,10 @@ Each `--env ID:EPISODES:MAX_NEW_TOKENS[:FIRST_SEED]` runs the test-split tasks o
 OUT/<env>.summary.json is rewritten from all finished episodes (`partial: true` until the env is done) and
 the trajectories are appended to OUT/<env>.jsonl, so a run stopped by its time cap keeps what it finished.
 Each summary also records the machine load (1-minute load average) before and after the env ran.
-`--report OUT ...` prints the markdown table of docs/benchmarks.md from the finished episodes.
+`--export OUT ...` writes one small JSON per (model, env, budget, sampling, first seed) into
+benchmarks/results/math_bench/ (the summary and, per episode, task id, seed, reward, reason, extracted answer,
+finish reason and reply tokens; no messages). `--report PATH ...` prints the markdown table of
+docs/benchmarks.md from OUT dirs or those JSONs: `python benchmarks/math_bench.py --report benchmarks/results/math_bench/*.json`.
 """
 
 from __future__ import annotations
@@ -27,41 +30,87 @@ from espl.agents.rollout import RolloutStats
 from espl.types import SamplingParams
 
 
-def report(dirs: list[Path]) -> None:
-    """One markdown row per (model, env) over every finished episode in the given OUT dirs."""
-    from espl.agents.evaluate import mean_ci95
+def _episode(t: dict) -> dict:
+    """The few fields of a trajectory the table needs (what benchmarks/results/math_bench/ keeps)."""
+    info = t.get("info") or {}
+    return {"task_id": t["task_id"], "seed": t["seed"], "reward": t["reward"], "reason": t["reason"],
+            "answer": info.get("answer"), "answer_source": info.get("answer_source"),
+            "finish": (info.get("finish_reasons") or [None])[-1], "reply_tokens": sum(t.get("mask") or [])}
 
-    rows: dict[tuple[str, str], dict] = {}
-    for d in dirs:
-        for summary in sorted(d.glob("*.summary.json")):
-            s = json.loads(summary.read_text())
-            key = (s["model"], s["env"], s["params"]["max_new_tokens"], s["params"]["temperature"])
-            row = rows.setdefault(key, {"rewards": [], "tokens": 0, "seconds": 0.0, "reasons": {},
-                                                          "budget": s["params"]["max_new_tokens"], "partial": False,
-                                                          "load": []})
-            trajs = [json.loads(line) for line in open(summary.with_name(summary.name.replace(".summary.json", ".jsonl")))]
-            row["rewards"] += [t["reward"] for t in trajs]
-            for t in trajs:
-                row["reasons"][t["reason"]] = row["reasons"].get(t["reason"], 0) + 1
-            row["tokens"] += s["generated_tokens"]
-            row["seconds"] += s["seconds"]
-            row["partial"] |= s["partial"]
-            row["load"] += [s["load_1min_before"], s["load_1min_now"]]
-    print("| model | env (test split) | episodes | mean ± 95 % CI | pass@1 | reasons | tokens/reply | tok/s (load) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (model, env, _, _), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        n = len(r["rewards"])
-        mean, ci = mean_ci95(r["rewards"])
-        passed = sum(x >= 1.0 for x in r["rewards"])
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items()))
-        print(f"| {model} | {env} | {n}{' (cut by the time cap)' if r['partial'] else ''} | "
-              f"{mean:.3f} ± {ci:.3f} | {passed}/{n} | {reasons} | {r['tokens'] / max(n, 1):.0f} of {r['budget']} | "
+
+def load_results(paths: list[Path]) -> list[dict]:
+    """Result records (summary + compact episodes) from OUT dirs of runs and/or exported *.json files."""
+    records = []
+    for path in paths:
+        if path.is_file():
+            records.append(json.loads(path.read_text()))
+            continue
+        for summary in sorted(path.glob("*.summary.json")):
+            trajs = summary.with_name(summary.name.replace(".summary.json", ".jsonl"))
+            records.append({"summary": json.loads(summary.read_text()),
+                            "episodes": [_episode(json.loads(line)) for line in open(trajs, encoding="utf-8")]})
+    return records
+
+
+def export(paths: list[Path], dest: Path) -> None:
+    """Write one small JSON per (model, env, budget, first seed) into `dest` (no messages, no token ids)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rec in load_results(paths):
+        s = rec["summary"]
+        name = (f"{s['model']}__{s['env'].replace('/', '_')}__b{s['params']['max_new_tokens']}"
+                f"__t{s['params']['temperature']:g}__k{s['samples']}__seed{s['seed']}.json")
+        (dest / name).write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        print(dest / name)
+
+
+def report(paths: list[Path]) -> None:
+    """One markdown row per (model, env, budget, sampling) over every finished episode in the given results."""
+    from espl.agents.stats import mean_ci95, pass_at_ks
+
+    rows: dict[tuple, dict] = {}
+    for rec in load_results(paths):
+        s = rec["summary"]
+        p = s["params"]
+        key = (s["model"], s["env"], p["max_new_tokens"], p["temperature"], s["samples"])
+        row = rows.setdefault(key, {"episodes": [], "tokens": 0, "seconds": 0.0, "partial": False, "load": [],
+                                    "seeds": []})
+        row["episodes"] += rec["episodes"]
+        row["tokens"] += s["generated_tokens"]
+        row["seconds"] += s["seconds"]
+        row["partial"] |= s["partial"]
+        row["load"] += [s["load_1min_before"], s["load_1min_now"]]
+        tasks = sorted({e["seed"] for e in rec["episodes"]})
+        if tasks:
+            row["seeds"].append(f"{tasks[0]}..{tasks[-1]}")
+    print("| model | env (test split) | sampling | tasks (seeds) | episodes | mean ± 95 % CI | pass@k | reasons "
+          "| tokens/reply | tok/s (load) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (model, env, budget, temp, k), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2:])):
+        eps = r["episodes"]
+        n = len(eps)
+        mean, ci = mean_ci95([e["reward"] for e in eps])
+        by_task: dict[str, list[float]] = {}
+        for e in eps:
+            by_task.setdefault(e["task_id"], []).append(e["reward"])
+        passes = pass_at_ks(by_task)
+        passk = ", ".join(f"@{kk} {v:.3f}" for kk, v in sorted(passes.items()))
+        reasons: dict[str, int] = {}
+        for e in eps:
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+        sampling = "greedy" if temp == 0 else f"T={temp:g}, top-p 0.95"
+        print(f"| {model} | {env} | {sampling}, k={k}, {budget} tokens | {len(by_task)} ({', '.join(r['seeds'])}) "
+              f"| {n}{' (cut by the time cap)' if r['partial'] else ''} | {mean:.3f} ± {ci:.3f} | {passk} | "
+              f"{', '.join(f'{a} {b}' for a, b in sorted(reasons.items()))} | {r['tokens'] / max(n, 1):.0f} of {budget} | "
               f"{r['tokens'] / max(r['seconds'], 1e-9):.1f} ({min(r['load']):.1f}-{max(r['load']):.1f}) |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--report", type=Path, nargs="+", help="print the markdown table of these OUT dirs and exit")
+    ap.add_argument("--report", type=Path, nargs="+",
+                    help="print the markdown table of these OUT dirs and/or result *.json files and exit")
+    ap.add_argument("--export", type=Path, nargs="+", metavar="OUT",
+                    help="write the small result JSONs of these OUT dirs into --results and exit")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "math_bench")
     ap.add_argument("--model", help="a GGUF alias (smollm2-135m, qwen2.5-coder-0.5b, ...) or path")
     ap.add_argument("--env", action="append",
                     help="ID:EPISODES:MAX_NEW_TOKENS[:FIRST_SEED] (repeatable)")
@@ -75,6 +124,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         report(args.report)
+        return
+    if args.export:
+        export(args.export, args.results)
         return
     if not (args.model and args.env and args.out):
         ap.error("--model, --env and --out are needed (or --report DIR ...)")

@@ -8,6 +8,8 @@ asking for a long answer; the count is what the backend reports) to the same MAT
 one short warm-up reply; tok/s = new tokens / wall seconds of the timed reply. Also recorded: the load
 time (the first transformers load of a GGUF builds the float cache and is reported separately), peak
 RSS of this process, and the 1-minute load average before and after (other work on the machine).
+`--report FILE ...` prints the table of docs/benchmarks.md from result files (the measured ones are in
+benchmarks/results/model_speed/: `python benchmarks/model_speed.py --report benchmarks/results/model_speed/*.json`).
 """
 
 from __future__ import annotations
@@ -56,14 +58,33 @@ def measure(model: str, path: str, tokens: int, threads: int) -> dict:
             "finish_reason": out[0].finish_reason}
 
 
+def report(files: list[Path]) -> None:
+    """The markdown table of docs/benchmarks.md: one row per measurement, models in alias order."""
+    rows = [r for f in files for r in json.loads(f.read_text())]
+    order = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    rows.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["path"] != "llamacpp"))
+    print("| model | path | threads | new tokens | tok/s | load avg (1 min) | load time | peak RSS of the process |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        path = "llama.cpp" if r["path"] == "llamacpp" else "transformers (float32)"
+        print(f"| {r['model']} | {path} | {r['threads']} | {r['new_tokens']} | **{r['tok_per_s']:.2f}** | "
+              f"{r['load_1min_before']:.1f} -> {r['load_1min_after']:.1f} | {r['load_s']:.0f} s | {r['peak_rss_gib']:.2f} GiB |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", required=True)
-    ap.add_argument("--path", action="append", choices=["transformers", "llamacpp"], required=True)
+    ap.add_argument("--report", type=Path, nargs="+", help="print the markdown table of these result files and exit")
+    ap.add_argument("--model", action="append")
+    ap.add_argument("--path", action="append", choices=["transformers", "llamacpp"])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
+    if not (args.model and args.path and args.out):
+        ap.error("--model, --path and --out are needed (or --report FILE ...)")
     results = json.loads(args.out.read_text()) if args.out.is_file() else []
     for model in args.model:
         for path in args.path:

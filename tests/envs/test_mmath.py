@@ -170,3 +170,22 @@ def test_espl_eval_llamacpp_and_base_url_are_exclusive():
     result = CliRunner().invoke(app, ["eval", "--env", "espl/CNMO-v0", "--llamacpp",
                                       "--base-url", "http://127.0.0.1:1/v1"])
     assert result.exit_code != 0 and "--llamacpp" in result.output and "--base-url" in result.output
+
+
+def test_stored_math_bench_results_are_the_envs_test_tasks_graded_again():
+    """benchmarks/results/math_bench/: each episode is the test task of its seed, and its stored extracted
+    answer graded against that task's gold gives the stored reward (results that match the env and grader)."""
+    import json
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[2] / "benchmarks" / "results" / "math_bench").glob("*.json"))
+    assert files, "benchmarks/results/math_bench/ holds the results docs/benchmarks.md is made from"
+    envs = {env_id: gym.make(env_id, split="test").unwrapped for env_id in MMATH_IDS}
+    for f in files:
+        rec = json.loads(f.read_text())
+        s = rec["summary"]
+        assert s["split"] == "test" and len(rec["episodes"]) == s["episodes"], f.name
+        for e in rec["episodes"]:
+            task = envs[s["env"]].make_task(e["seed"])
+            assert e["task_id"] == task.id, (f.name, e)
+            assert grade(e["answer"], task.answer).correct == (e["reward"] == 1.0), (f.name, e, task.answer)
