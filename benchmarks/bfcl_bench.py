@@ -37,7 +37,8 @@ def result_json(model: str, cat: str, split: str, samples: int, temperature: flo
                 trajs: list[dict], seconds: float | None, how: str, env_args: dict | None = None) -> dict:
     items = [{"bfcl_id": t["info"].get("bfcl_id", t.get("task_id")), "seed": t.get("seed"), "reward": t["reward"],
               "reason": t["reason"], "calls": bool(t["info"].get("calls"))} for t in trajs]
-    return {"model": model, "category": cat, "env": f"espl/BFCL-{cat}-v0", "split": split, "samples": samples,
+    env = "espl/BFCL-v0" if cat == "v0" else f"espl/BFCL-{cat}-v0"  # v0: the mixed env, all ten categories
+    return {"model": model, "category": cat, "env": env, "split": split, "samples": samples,
             "temperature": temperature, "max_new_tokens": max_new_tokens, "env_args": env_args or {},
             "episodes": len(items),
             "correct": sum(1 for i in items if i["reward"] >= 1.0), "seconds": seconds, "how": how,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     from espl.envs.bfcl_multi_turn import MULTI_TURN_CATEGORIES, BFCLMultiTurnEnv
     from espl.types import SamplingParams
 
-    names = {**{v: (BFCLEnv, k) for k, v in AST_CATEGORIES.items()},
+    names = {"v0": (BFCLEnv, "v0"), **{v: (BFCLEnv, k) for k, v in AST_CATEGORIES.items()},
              **{v: (BFCLMultiTurnEnv, k) for k, v in MULTI_TURN_CATEGORIES.items()}}
     cats = args.cat.split(",")
     for cat in cats:
@@ -66,10 +67,10 @@ def run(args: argparse.Namespace) -> None:
         policy = OpenAIPolicy(server.url, model=args.model, tool_format="hermes", timeout_s=900, max_concurrency=2)
         for cat in cats:
             cls, c = names[cat]
-            count = min(args.n, len(cls(category=c, split=args.split).items))
+            count = args.n if cat == "v0" else min(args.n, len(cls(category=c, split=args.split).items))
             params = SamplingParams(temperature=args.temperature, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
             t = time.time()
-            res = evaluate(f"espl/BFCL-{cat}-v0", policy, episodes=count, params=params, samples=args.samples,
+            res = evaluate("espl/BFCL-v0" if cat == "v0" else f"espl/BFCL-{cat}-v0", policy, episodes=count, params=params, samples=args.samples,
                            seed=1000 if args.split == "train" else 0, split=args.split, env_kwargs=kwargs,
                            max_batch=1 if multi else 2)
             d = result_json(args.model, cat, args.split, args.samples, args.temperature, args.max_new_tokens,
@@ -129,7 +130,8 @@ def main() -> None:
         if name == "from-jsonl":
             p.add_argument("path")
         p.add_argument("--model", required=True)
-        p.add_argument("--cat", required=True, help="category names as in the env ids: Simple,LiveMultiple,...")
+        p.add_argument("--cat", required=True,
+                       help="category names as in the env ids: Simple,LiveMultiple,... (v0: the mixed espl/BFCL-v0)")
         p.add_argument("-n", type=int, default=8, help="items per category (the first N of the split)")
         p.add_argument("--split", default="test")
         p.add_argument("--samples", type=int, default=1)
