@@ -2,12 +2,12 @@
 
     python benchmarks/espl_step.py                  # E-SPL vs RL, default config, 3 steps each, interleaved
     python benchmarks/espl_step.py --trl            # + our RL step vs TRL GRPOTrainer on one budget
-    python benchmarks/espl_step.py --steps 4 --set max_new_tokens=64
+    python benchmarks/espl_step.py --steps 4 --set rollout.max_new_tokens=64
 
 Part 1 (goal: E-SPL / RL <= 1.15x): three trainers on the same seed (so the same problems each step):
-`rl`, `espl` with the mutator overlapping the RL update (`overlap_mutation=true`) in 1 torch thread (the
-default `mutator_threads=1`) and in all, `espl` sequential, and
-`espl` whose mutator is the same frozen base model's GGUF in a llama.cpp server (`mutator=llamacpp`).
+`rl`, `espl` with the mutator overlapping the RL update (`mutator.overlap=true`) in 1 torch thread (the
+default `mutator.threads=1`) and in all (`mutator.threads=0`), `espl` sequential, and
+`espl` whose mutator is the same frozen base model's GGUF in a llama.cpp server (`mutator.kind=llamacpp`).
 Their steps are interleaved (rl, espl, espl-seq, rl, ...) so machine load drifts hit all alike; medians
 exclude the first (warm-up) step.
 
@@ -145,7 +145,7 @@ def ours_vs_trl(steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig key=value for part 1")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="TrainConfig section.key=value for part 1 (e.g. rollout.max_new_tokens=48)")
     ap.add_argument("--trl", action="store_true", help="also run part 2 (TRL GRPOTrainer)")
     ap.add_argument("--only-trl", action="store_true", help="run part 2 only")
     args = ap.parse_args()
