@@ -395,7 +395,7 @@ def load_model(spec: ModelSpec | str | None = None, *, dtype: Any = "auto", devi
     else:
         tok = AutoTokenizer.from_pretrained(spec.path)
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' annotation of the wrapped `to` wants a model
     model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -415,7 +415,7 @@ def _build_float_cache(spec: ModelSpec, dest: Path) -> None:
     tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
     # save_pretrained refuses a model that still claims to be GGUF-quantised; its weights are floats now.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # declared non-optional, but None means "no quantizer"
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     dest.parent.mkdir(parents=True, exist_ok=True)
