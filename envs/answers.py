@@ -304,7 +304,7 @@ def _mv_parse(s: str) -> list:
     """math-verify's reading of an answer: the whole string as LaTeX math first, then its own extraction."""
     from math_verify import parse  # lazy: sympy is slow to import
 
-    found = []
+    found: list = []
     for text in (f"${s}$", s):
         found.extend(x for x in parse(text, parsing_timeout=None) if not isinstance(x, str))
     return found

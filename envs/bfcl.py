@@ -45,7 +45,7 @@ import sys
 import types
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, cast
 
 from espl.envs.core import MultiTurnEnv, Outcome, Split, Task
 from espl.envs.tools import call_arguments, hermes_tools_prompt, message_tool_calls
@@ -179,11 +179,13 @@ def official_ast_checker() -> types.ModuleType:
     """
     _data_dir()  # the one-line install hint when bfcl-eval is missing
     spec = importlib.util.find_spec(f"{BFCL_PACKAGE}.eval_checker.ast_eval.ast_checker")
+    assert spec is not None
     private = importlib.util.spec_from_file_location("espl.envs._bfcl_official_ast_checker", spec.origin)
+    assert private is not None and private.loader is not None
     module = importlib.util.module_from_spec(private)
     key = f"{BFCL_PACKAGE}.constants.model_config"
     stand_in = types.ModuleType(key)
-    stand_in.MODEL_CONFIG_MAPPING = {CHECKER_MODEL_NAME: _NameRenaming()}
+    stand_in.MODEL_CONFIG_MAPPING = {CHECKER_MODEL_NAME: _NameRenaming()}  # type: ignore[attr-defined]  # ModuleType: attributes are dynamic
     saved = sys.modules.get(key)
     sys.modules[key] = stand_in
     try:
@@ -249,7 +251,7 @@ def render_calls(calls: Sequence[dict[str, dict[str, Any]]]) -> str:
 def item_messages(turn: Sequence[Message]) -> list[Message]:
     """One BFCL turn as env messages: system messages of the item go to the top of the first user message."""
     system = [m["content"] for m in turn if m["role"] == "system"]
-    rest = [{"role": m["role"], "content": m["content"]} for m in turn if m["role"] != "system"]
+    rest: list[Message] = [{"role": m["role"], "content": m["content"]} for m in turn if m["role"] != "system"]
     if system:
         if rest and rest[0]["role"] == "user":
             rest[0]["content"] = "\n\n".join([*system, rest[0]["content"]])
@@ -288,7 +290,7 @@ class BFCLEnv(MultiTurnEnv):
                     data={"category": item["category"], "functions": item["function"], "messages": msgs})
 
     def task_messages(self, task: Task) -> list[Message]:
-        msgs = [dict(m) for m in task.data["messages"]]
+        msgs = [cast(Message, dict(m)) for m in task.data["messages"]]
         if self.describe_tools_in_prompt and msgs:
             msgs[0]["content"] = f"{msgs[0]['content']}\n\n{hermes_tools_prompt(bfcl_tools(task.data['functions']))}"
         return msgs
@@ -320,7 +322,7 @@ class BFCLEnv(MultiTurnEnv):
         if is_irrelevance(category):
             # BFCL relevance runner: success iff the reply does not decode to a (non-empty) call
             made_call = bool(decoded) and not parse_errors
-            verdict = {"valid": not made_call, "error": [] if not made_call else
+            verdict: dict[str, Any] = {"valid": not made_call, "error": [] if not made_call else
                        ["Valid syntax. Successfully decode AST when it should not."],
                        "error_type": "irrelevance_error:decoder_success"}
         elif parse_errors or decoded is None:

@@ -220,7 +220,7 @@ class BFCLMultiTurnEnv(MultiTurnEnv):
 
     def _turn_messages(self, task: Task, turn: int) -> list[Message]:
         item = task.data["item"]
-        msgs = [{"role": m["role"], "content": m["content"]} for m in item["question"][turn]]
+        msgs: list[Message] = [{"role": m["role"], "content": m["content"]} for m in item["question"][turn]]
         if turn in item["missed_function"]:
             docs = "\n".join(json.dumps(t, ensure_ascii=False) for t in bfcl_tools(item["missed_function"][turn]))
             msgs = [{"role": "user", "content": f"{docs}\n{ADDITIONAL_FUNCTION_PROMPT}"}]
@@ -249,6 +249,7 @@ class BFCLMultiTurnEnv(MultiTurnEnv):
         return obs, info
 
     def _end(self, valid: bool, error_type: str | None, error: str = "") -> Outcome:
+        assert self.task is not None
         info = {"bfcl_id": self.task.id, "bfcl_category": self.category, "calls": self._calls, "valid": valid,
                 "error_type": error_type, "error": error[:500], "turns_done": self._turn}
         return Outcome(1.0 if valid else 0.0, "correct" if valid else str(error_type), done=True, info=info)
@@ -301,6 +302,7 @@ class BFCLMultiTurnEnv(MultiTurnEnv):
         return Outcome(0.0, "next_turn", done=False, messages=tuple(self._turn_messages(task, self._turn)), info=info)
 
     def _check_turn(self) -> Outcome | None:
+        assert self.task is not None
         truth_calls = self.task.answer[self._turn]
         truth_methods = public_methods(self._truth)
         truth_results = []

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import gymnasium as gym
 from gymnasium.utils.env_checker import check_env
 
+from espl.envs.core import MultiTurnEnv
 from espl.envs.spaces import is_message
 
 PROBE_PROMPT = "You are a careful assistant. [espl-check-probe]"
@@ -54,13 +55,13 @@ def _system_prompt_is_system_message(env: gym.Env) -> None:
 
 
 def _reward_in_declared_range(env: gym.Env) -> None:
-    low, high = env.unwrapped.reward_range
+    low, high = cast(MultiTurnEnv, env.unwrapped).reward_range
     for seed, reply in ((0, "Answer: 0"), (1, "I do not know."), (2, "\\boxed{1}"), (3, "")):
         env.reset(seed=seed)
         done, steps = False, 0
         while not done:
             _, reward, terminated, truncated, info = env.step(reply)
-            assert low <= reward <= high, f"reward {reward} outside the declared range [{low}, {high}]"
+            assert low <= cast(float, reward) <= high, f"reward {reward} outside the declared range [{low}, {high}]"
             done, steps = terminated or truncated, steps + 1
             assert steps <= 1000, "episode did not end within 1000 steps"
         assert isinstance(info.get("reason"), str) and info["reason"], f"last step has no info['reason']: {info!r}"

@@ -84,7 +84,9 @@ def instrument_tests(test_source: str) -> InstrumentedTests:
             else:
                 _espl_finish({i}, None)
         """)).body
-        wrapped[1].body = [stmt]
+        try_node = wrapped[1]
+        assert isinstance(try_node, ast.Try)
+        try_node.body = [stmt]
         body.extend(wrapped)
     if not texts:
         raise ValueError("tests: check() holds no assert")

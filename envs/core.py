@@ -24,7 +24,7 @@ An episode:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import gymnasium as gym
 
@@ -91,7 +91,7 @@ def clean_text(text: str) -> tuple[str, bool]:
 class MultiTurnEnv(gym.Env[list, Message]):
     """Base class of every espl env. Subclasses implement `make_task`, `evaluate` and set the class info."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
     family: ClassVar[str] = "generic"
     description: ClassVar[str] = ""
     reward_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
@@ -150,7 +150,7 @@ class MultiTurnEnv(gym.Env[list, Message]):
             raise TypeError(f"options['task'] must be a Task, got {type(task).__name__}")
         self.task, self.turn, self._done = task, 0, False
 
-        first = [dict(m) for m in self.task_messages(task)]
+        first = [cast(Message, dict(m)) for m in self.task_messages(task)]
         if system_prompt and placement == "user":
             first[0]["content"] = f"{system_prompt}\n\n{first[0]['content']}"
         elif system_prompt:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from espl.envs.answers import grade, grade_reply, is_word_answer
 from espl.envs.core import MultiTurnEnv, Outcome, Split, Task
@@ -224,7 +224,7 @@ def build_task_sources(tasks: Mapping[str, Any] | Sequence[str] | None) -> tuple
 
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_UNARY: dict[type[ast.unaryop], Callable[[Fraction], Fraction]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def eval_arithmetic(expression: str) -> Fraction:
@@ -361,7 +361,8 @@ class MathEnv(AnswerCheckedEnv):
     def _build_test_list(self) -> list[tuple[TaskSource, int, dict[str, Any], int]]:
         per_task = []
         for source in self.sources:
-            seen, items = set(), []
+            seen: set[str] = set()
+            items: list[tuple[TaskSource, int, dict[str, Any], int]] = []
             for k in range(self.test_size * 20):  # tiny question spaces run out long before test_size
                 entry = self._entry(source, "test", k)
                 q = entry["question"]
@@ -388,7 +389,9 @@ class MathEnv(AnswerCheckedEnv):
     def make_task(self, index: int) -> Task:
         if self._test_list is not None:
             source, k, entry, position = self._test_list[index % len(self._test_list)]
-            return self._task(source, entry, f"{source.name}/test/{position}", k, _gold_answer(source.name, entry))
+            gold = _gold_answer(source.name, entry)
+            assert gold is not None  # _build_test_list keeps only entries with a gold answer
+            return self._task(source, entry, f"{source.name}/test/{position}", k, gold)
         rng = random.Random(f"espl-math/{self.data_seed}/train/{index}")  # str seeds are stable across runs
         source = rng.choices(self.sources, weights=self.weights)[0]
         for probe in range(MAX_PROBES):
@@ -478,7 +481,7 @@ def load_champ() -> tuple[tuple[str, str, str], ...]:
     """(problem id, problem text, gold answer) of every usable CHAMP problem, in id order."""
     import champ_dataset
 
-    data = json.loads(resources.files("espl.envs").joinpath("data", CHAMP_DATA).read_text("utf-8"))
+    data = json.loads(resources.files("espl.envs").joinpath("data").joinpath(CHAMP_DATA).read_text("utf-8"))
     problems = champ_dataset.load("v0").problems
     return tuple((pid, problems[pid].text, gold) for pid, gold in sorted(data["answers"].items()))
 

@@ -15,7 +15,7 @@ import difflib
 import importlib.metadata
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 
@@ -127,7 +127,8 @@ def env_class(env_id: str) -> type:
     spec = get_spec(env_id)
     ep = spec.entry_point
     if callable(ep):
-        return ep
+        return cast(type, ep)
+    assert ep is not None
     module, _, attr = ep.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -20,6 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 # ---- name material ---------------------------------------------------------------------------------
 _ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "q", "r", "s", "st",
@@ -110,13 +111,13 @@ def build_world(world_seed: int = 0, n_companies: int = 300, n_extra_people: int
     countries = [_unique(rng, lambda r: _cap(_word(r, 1)) + r.choice(_COUNTRY_ENDINGS), used)
                  for _ in range(n_countries)]
     rivers = [_unique(rng, lambda r: _cap(_word(r, 2)), used) for _ in range(n_cities // 2)]
-    cities = []
+    cities: list[dict[str, Any]] = []
     for i in range(n_cities):
         name = _unique(rng, lambda r: _cap(_word(r, 1)) + r.choice(_CITY_ENDINGS), used)
         cities.append({"name": name, "country": countries[i % n_countries], "river": rng.choice(rivers),
                        "founded": rng.randint(900, 1750), "population": rng.randint(20, 2400) * 1000})
     capitals = {c: next(city["name"] for city in cities if city["country"] == c) for c in countries}
-    universities = []
+    universities: list[dict[str, Any]] = []
     for _ in range(n_universities):
         city = rng.choice(cities)
         style = rng.choice(("University of {}", "{} Institute of Technology", "{} College", "{} State University"))
@@ -127,7 +128,7 @@ def build_world(world_seed: int = 0, n_companies: int = 300, n_extra_people: int
         universities.append({"name": name, "city": city["name"], "founded": rng.randint(1500, 1990),
                              "field": rng.choice(_FIELDS)})
 
-    people = []
+    people: list[dict[str, Any]] = []
     for _ in range(n_companies + n_extra_people):
         full = _unique(rng, lambda r: f"{r.choice(_FIRST_NAMES)} {_cap(_word(r, 2))}", used)
         birth = rng.choice(cities)
@@ -135,7 +136,7 @@ def build_world(world_seed: int = 0, n_companies: int = 300, n_extra_people: int
         people.append({"name": full, "born": rng.randint(1930, 1995), "birth_city": birth["name"],
                        "home_city": home["name"], "university": rng.choice(universities)["name"],
                        "profession": rng.choice(_PROFESSIONS)})
-    companies = []
+    companies: list[dict[str, Any]] = []
     for i in range(n_companies):
         industry = rng.choice(sorted(_INDUSTRIES))
         name = _unique(rng, lambda r: f"{r.choice(_COMPANY_WORDS)}{r.choice(_COMPANY_ROOTS)} {_INDUSTRIES[industry]}",
@@ -157,10 +158,11 @@ def build_world(world_seed: int = 0, n_companies: int = 300, n_extra_people: int
         return doc_id
 
     ids: dict[str, str] = {}
-    for c in countries:
-        members = [city["name"] for city in cities if city["country"] == c]
-        ids[c] = add("country", c, (
-            f"{c} is a country whose capital is {capitals[c]}. Its cities include {', '.join(members[:6])}. "
+    for country in countries:
+        members = [city["name"] for city in cities if city["country"] == country]
+        ids[country] = add("country", country, (
+            f"{country} is a country whose capital is {capitals[country]}. "
+            f"Its cities include {', '.join(members[:6])}. "
             f"The country is a parliamentary republic."))
     for city in cities:
         n = city["name"]

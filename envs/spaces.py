@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 from gymnasium import spaces
@@ -37,7 +37,7 @@ class ChatMessage(spaces.Space[Message]):
     def sample(self, mask: Any = None, probability: Any = None) -> Message:
         n = int(self.np_random.integers(1, self.max_length))
         words = self.np_random.choice(_SAMPLE_WORDS, size=n)
-        return {"role": self.roles[0], "content": " ".join(str(w) for w in words)}
+        return cast(Message, {"role": self.roles[0], "content": " ".join(str(w) for w in words)})
 
     def contains(self, x: Any) -> bool:
         if isinstance(x, str):
@@ -64,7 +64,7 @@ class ChatMessages(spaces.Space[list]):
     def is_np_flattenable(self) -> bool:
         return False
 
-    def seed(self, seed: int | None = None) -> list[int]:
+    def seed(self, seed: int | None = None) -> int:
         seeds = super().seed(seed)
         self._message.seed(int(self.np_random.integers(2**31)))
         return seeds
