@@ -6,8 +6,8 @@ with Gymnasium, and imports no torch or transformers: heavy libraries load insid
 
 __version__ = "0.1.0"
 
-from espl.types import Completion, Message, SamplingParams, Trajectory  # noqa: E402
-from espl.envs import MultiTurnEnv, Outcome, Task, register_envs  # noqa: E402
+from espl.types import Completion, Message, SamplingParams, Trajectory
+from espl.envs import MultiTurnEnv, Outcome, Task, register_envs
 
 register_envs()
 

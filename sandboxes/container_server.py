@@ -26,9 +26,7 @@ import errno
 import json
 import os
 import selectors
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time

@@ -116,7 +116,7 @@ def _image(config: SandboxConfig, out: list[Check]) -> bool:
     client = connect(config.docker_host)
     try:
         check_image(client, config.image)
-    except SandboxError as exc:
+    except SandboxError:
         out.append(Check("image", False, f"{config.image} not found",
                          f"`sudo espl sandbox build --tag {config.image}` (offline, ~40 s), or add --pull"))
         return False

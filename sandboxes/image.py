@@ -109,6 +109,7 @@ def _debootstrap_import(client, tag: str, suite: str, mirror: str, log: Callable
         _prepare_rootfs(rootfs)
         log(f"importing into Docker as {tag} ...")
         tar = subprocess.Popen(["tar", "--numeric-owner", "--one-file-system", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        assert tar.stdout is not None  # stdout=PIPE
         repo, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
         try:
             out = client.api.import_image_from_stream(

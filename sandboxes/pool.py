@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, cast
 
 from espl.sandboxes.core import (
     ContainerGone, ExecutionResult, ResetFailed, SandboxConfig, SandboxError, build_request, check_timeout,
@@ -37,11 +37,12 @@ class Lease:
     """One container, held by one caller until the `lease()` block ends. Same `run` as `Sandbox.run`."""
 
     def __init__(self, pool: "SandboxPool", container: Container):
-        self._pool, self._container, self._first = pool, container, True
+        self._pool, self._first = pool, True
+        self._container: Container | None = container  # None once the lease is returned
 
     @property
     def container_id(self) -> str:
-        return self._container.id
+        return cast(Container, self._container).id
 
     def run(
         self,

@@ -321,7 +321,7 @@ def check_env(env_id: str, env_kwargs: Mapping[str, Any], *, field_name: str = "
         cls = env_class(env_id)
     except (ImportError, AttributeError):
         return  # a broken plugin: gym.make will say so when the env is built
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
     accepted = sorted(p.name for p in params if p.name != "self" and p.kind in (
@@ -450,7 +450,7 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any], *, warn: bool = True) -> "TrainConfig":
         """From nested tables, dotted keys, or (deprecated, one log line each when `warn`) 0.1's flat keys."""
         nested = _nest(data, warn=warn)
-        top = {}
+        top: dict[str, Any] = {}
         for key, value in nested.items():
             if key in SECTIONS:
                 if isinstance(value, SECTIONS[key]):
@@ -582,7 +582,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
 
 
 def _default(f: dataclasses.Field) -> str:
-    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc, operator]
     return repr(list(value) if isinstance(value, tuple) else value)
 
 

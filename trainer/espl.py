@@ -27,7 +27,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from espl.trainer.pool import (
     select_prompts,
 )
 from espl.agents.policy import TrainablePolicy
-from espl.seeds import derive_seed  # noqa: F401  (re-exported: trainer.espl.derive_seed)
+from espl.seeds import derive_seed
 from espl.types import SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
@@ -464,6 +464,7 @@ class Trainer:
         # on-policy the IS ratio is exactly 1 and only sampler/trainer numerics move it.
         temperature = self.cfg.rollout.temperature if self.cfg.rollout.temperature > 0 else 1.0
         policy.set_training(True)
+        assert self.optimizer is not None  # an update runs only when learning, which builds the optimizer
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, len(items), self.cfg.optimizer.micro_batch):
@@ -478,7 +479,7 @@ class Trainer:
         return total, int(total_tokens)
 
     # -- steps 6 and 7 in detail --
-    def _crossover_inputs(self, distinct, best, rewards, slot_of, tasks) -> tuple | None:
+    def _crossover_inputs(self, distinct, best, rewards, slot_of, tasks) -> CrossoverInputs | None:
         """Step 7's evidence from the problem x prompt score matrix: for each problem the prompt that strictly
         outperformed all others (within tie_tolerance: no winner). Set A = the batch's best prompt; it needs
         at least one win and at least one other winner, as in the reference."""
@@ -525,6 +526,7 @@ class Trainer:
 
     def _evolve(self, best: PromptRecord, groups: list[RolloutGroup], crossover: "CrossoverInputs | None",
                 seed: int) -> "Evolution":
+        assert self.mutator is not None  # evolving, which builds the mutator
         mutation = self.mutator.mutate(best.principles, groups, seed)
         if crossover is None:
             return Evolution(mutation)
@@ -575,7 +577,7 @@ class Trainer:
             return
         picks = sorted({round(i * (len(batch.trajectories) - 1) / max(k - 1, 1)) for i in range(k)})
         M, B, N = batch.shape
-        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+        with open(self._run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
             for i in picks:
                 t = batch.trajectories[i]
                 m, b = divmod(i // N, B)
@@ -585,20 +587,20 @@ class Trainer:
 
     def _write_csv(self) -> None:
         names = [f.name for f in fields(StepMetrics)]
-        tmp = self.run_dir / "metrics.csv.tmp"
+        tmp = self._run_dir / "metrics.csv.tmp"
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(names)
             for row in self.metrics:
                 w.writerow([getattr(row, n) for n in names])
-        tmp.replace(self.run_dir / "metrics.csv")
+        tmp.replace(self._run_dir / "metrics.csv")
 
     def _tensorboard(self, m: StepMetrics) -> None:
         try:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=m.step)
+                self._tb = SummaryWriter(str(self._run_dir / "tb"), purge_step=m.step)
         except ImportError:  # tensorboard missing: CSV only, said once
             log.warning("tensorboard is not installed; metrics go to metrics.csv only")
             self._tb = False
@@ -609,6 +611,11 @@ class Trainer:
                 self._tb.add_scalar("test_reward", m.test_reward, m.step)
             self._tb.flush()
 
+    @property
+    def _run_dir(self) -> Path:
+        """RUN_DIR, for the methods that write there (called only when the trainer has one)."""
+        return cast(Path, self.run_dir)
+
     def save(self) -> None:
         """Checkpoint (atomic): LoRA adapter, optimizer, RNG, pool, step, metrics."""
         import torch
@@ -616,7 +623,7 @@ class Trainer:
         state = {"step": self.step_count, "pool": self.pool.to_dict(), "metrics": [asdict(m) for m in self.metrics],
                  "config": self.cfg.to_dict()}
         tensors = self.policy.adapter_state() if self.learning else {}
-        ckpt.save(self.run_dir, state, tensors, self.optimizer.state_dict() if self.optimizer else None,
+        ckpt.save(self._run_dir, state, tensors, self.optimizer.state_dict() if self.optimizer else None,
                   {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
         self.checkpointed_steps = self.step_count
 
@@ -641,7 +648,7 @@ class Trainer:
         self._truncate_jsonl("samples.jsonl")
 
     def _truncate_jsonl(self, name: str) -> None:
-        path = self.run_dir / name
+        path = self._run_dir / name
         if not path.is_file():
             return
         kept = []
@@ -658,20 +665,20 @@ class Trainer:
     def _record_resume(self, changes: dict[str, tuple[Any, Any]]) -> None:
         """The original config.toml is never rewritten; a resume with changes writes the config it runs with
         to config.resume-N.toml, and every resume appends its step and changes to resumes.jsonl."""
-        n = sum(1 for _ in self.run_dir.glob("config.resume-*.toml")) + 1
+        n = sum(1 for _ in self._run_dir.glob("config.resume-*.toml")) + 1
         record: dict[str, Any] = {"step": self.step_count, "changes": {k: list(v) for k, v in changes.items()}}
         if changes:
-            path = self.run_dir / f"config.resume-{n}.toml"
+            path = self._run_dir / f"config.resume-{n}.toml"
             path.write_text(self.cfg.to_toml())
             record["config"] = path.name
             log.warning("resumed at step %d with changes: %s (recorded in %s)", self.step_count,
                         ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), path.name)
-        with open(self.run_dir / "resumes.jsonl", "a", encoding="utf-8") as f:
+        with open(self._run_dir / "resumes.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        if self.mutator is not None and hasattr(self.mutator, "close"):
+        if self.mutator is not None:
             self.mutator.close()
         if self._tb:
             self._tb.close()

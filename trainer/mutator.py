@@ -73,6 +73,10 @@ class Mutator(Protocol):
         """Step 7: improve parents[0] (set A) from the sets that won problems (`wins[i]`: problem texts)."""
         ...
 
+    def close(self) -> None:
+        """Frees what the mutator owns (e.g. the llama.cpp server of its policy); the trainer calls it on close."""
+        ...
+
 
 @dataclass(frozen=True)
 class MutatorSettings:
@@ -518,7 +522,7 @@ class LLMMutator:
     def _chat(self, prompts: Sequence[str], max_new_tokens: int, seed: int, calls: list) -> list[str]:
         if not prompts:
             return []
-        convs = [[{"role": "user", "content": p}] for p in prompts]
+        convs: list[list[Message]] = [[{"role": "user", "content": p}] for p in prompts]
         try:
             completions: list[Completion] = self.policy.generate(convs, self._params(max_new_tokens, seed))
         except GenerationError as exc:
@@ -532,7 +536,7 @@ class LLMMutator:
             return []
         if self._json is None:
             return self._chat(prompts, max_new_tokens, seed, calls)
-        convs = [[{"role": "user", "content": p}] for p in prompts]
+        convs: list[list[Message]] = [[{"role": "user", "content": p}] for p in prompts]
         try:
             replies = self._json(convs, self._params(max_new_tokens, seed), list(schemas))
         except GenerationError as exc:
@@ -550,8 +554,7 @@ class LLMMutator:
 
     def close(self) -> None:
         """Stops what the mutator's policy owns (e.g. the llama.cpp server of mutator = "llamacpp")."""
-        if hasattr(self.policy, "close"):
-            self.policy.close()
+        self.policy.close()
 
     @property
     def constrained(self) -> bool:
@@ -670,8 +673,8 @@ class LLMMutator:
         q = 0
         for k, questions in enumerate(wins):
             prompt += f"\nQuestions that Principle Set {chr(ord('A') + k)} did best on:\n<questions>\n"
-            for text in questions:
-                prompt += f"Q.{q}: {text.strip()}\n"
+            for question in questions:
+                prompt += f"Q.{q}: {question.strip()}\n"
                 q += 1
             prompt += "</questions>\n"
         prompt += "\n" + CROSSOVER_TASK.format(finish=JSON_ONLY_FINISH if self.constrained else CROSSOVER_FINISH)
@@ -706,12 +709,22 @@ class ScriptedLLM:
     drive the mutator with replies a real tiny model cannot be made to produce (fuzzing, exact cases)."""
 
     name = "scripted-llm"
+    tokens_generated = 0  # a script generates no tokens
 
     def __init__(self, script: Callable[[str], str]):
         self.script = script
 
-    def generate(self, conversations, params, tools=None) -> list[Completion]:
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        tools: Sequence[dict[str, Any]] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         return [Completion(message={"role": "assistant", "content": self.script(c[-1]["content"])}) for c in conversations]
+
+    def close(self) -> None:
+        pass
 
 
 class ScriptedMutator(LLMMutator):

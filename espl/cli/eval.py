@@ -12,15 +12,18 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, NoReturn, Optional, cast
 
 import typer
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from espl.agents.policy import Backend, ToolFormat
+
 err_console = Console(stderr=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit code 2 (as every espl command)."""
     from rich.markup import escape
 
@@ -128,13 +131,13 @@ def eval_command(
         fail("--llamacpp starts its own llama.cpp server; --base-url talks to a running one: give one of them")
     if threads < 1:
         fail(f"--threads {threads}: must be >= 1")
-    backend = "openai" if base_url else "llamacpp" if llamacpp else "hf"
+    backend: Backend = "openai" if base_url else "llamacpp" if llamacpp else "hf"
     from espl.agents.policy import PolicySpec, build_policy
 
     try:
         policy_spec = PolicySpec(backend=backend, model=model, device=device, base_url=base_url, api_key=api_key,
-                                 tool_format=tool_format, threads=threads if llamacpp else None,
-                                 parallel=max_batch or 4)  # type: ignore[arg-type]
+                                 tool_format=cast("ToolFormat", tool_format), threads=threads if llamacpp else None,
+                                 parallel=max_batch or 4)
     except ValueError as exc:  # names the field: device, base_url, ...
         raise typer.BadParameter(str(exc)) from None
 

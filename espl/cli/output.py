@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from espl.trainer.espl import StepMetrics
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -33,13 +36,13 @@ def quiet_libraries(verbose: bool = False) -> None:
         hf_logging.disable_progress_bar()
 
 
-def step_line(m: Any, total: int) -> str:
+def step_line(m: StepMetrics, total: int) -> str:
     """One line per step, whatever the terminal width (printed with soft_wrap: never wrapped); tool calls and
     context overflows only when the step had any."""
     tools = ""
-    if getattr(m, "tool_calls", 0) or getattr(m, "tool_errors", 0):
+    if m.tool_calls or m.tool_errors:
         tools = f"  tools {m.tool_calls} ({m.tool_errors} errors)"
-    if getattr(m, "context_overflows", 0):
+    if m.context_overflows:
         tools += f"  context overflows {m.context_overflows}"
     return (f"step {m.step + 1}/{total}  reward {m.mean_reward:.3f}  pool {m.pool_size}  "
             f"best #{m.best_id} μ {m.best_mu:.2f}±{m.best_sigma:.2f}  skip {m.skip_ratio:.2f}  loss {m.loss:.4g}  "

@@ -111,7 +111,7 @@ def run(
         _fail(str(exc))
     except KeyboardInterrupt:  # the container is removed by run()'s own cleanup; say so and exit like a shell
         console.print("interrupted; the sandbox container was removed")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

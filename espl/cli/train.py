@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -14,7 +14,7 @@ from rich.console import Console
 console = Console()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """An expected error: one line, exit code 2 (the code of every espl command for bad input)."""
     from rich.markup import escape
 
@@ -65,7 +65,7 @@ def train(
     from espl.trainer.config import ConfigError
     from espl.trainer.espl import TrainConfig, Trainer, resumed_config
 
-    explicit = {"mode": mode, "seed": seed, "model": model, "env": env, "scaleout.backend": backend,
+    explicit: dict[str, Any] = {"mode": mode, "seed": seed, "model": model, "env": env, "scaleout.backend": backend,
                 "scaleout.ray_address": ray_address, "scaleout.workers": ray_workers}
     try:
         if resume:
@@ -180,7 +180,8 @@ def plot(
     if test:
         ax.plot(*zip(*test), marker="s", label="test reward (newest prompt)")
     ax.set_xlabel("step"), ax.set_ylabel("reward"), ax.set_title(f"reward per step: {run_dir.name}")
-    ax.grid(alpha=0.3), ax.legend()
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward.png", dpi=110)
     plt.close(fig)
@@ -198,7 +199,8 @@ def plot(
         line, = ax.plot(xs, mu, marker=".", label=f"#{r['id']} ({r['op']})")
         ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)], alpha=0.15, color=line.get_color())
     ax.set_xlabel("step"), ax.set_ylabel("TrueSkill μ ± σ"), ax.set_title("prompt ratings")
-    ax.grid(alpha=0.3), ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "ratings.png", dpi=110)
     plt.close(fig)
