@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from espl.agents.policy import ModelSourcePolicy
 from espl.leaderboard.ratings import EnvScore, EpisodeScore, env_score
@@ -114,11 +114,13 @@ def run_suite(
                 raise RuntimeError("run_suite: episodes to run but no run row")
             for start in range(0, len(missing), chunk_size):
                 chunk = missing[start:start + chunk_size]
+                placement = _placement(agent.placement)
                 episodes = [Episode(seed=seed, system_prompt=agent.system_prompt,
-                                    sample_seed=derive_seed(base_seed, entry.env_key, seed, sample))
+                                    sample_seed=derive_seed(base_seed, entry.env_key, seed, sample),
+                                    placement=placement)
                             for seed, sample in chunk]
                 try:
-                    trajs = rollout(_env_source(entry.env_id, agent.placement), policy, episodes, params,
+                    trajs = rollout(entry.env_id, policy, episodes, params,
                                     env_kwargs=entry.make_kwargs())
                 except RolloutError as exc:  # keep what finished before the backend failed
                     finished = [(i, t) for i, t in sorted(exc.trajectories.items())]
@@ -141,20 +143,14 @@ def run_suite(
     return summarize(store, suite, agent, run, {k: len(v) for k, v in todo.items()})
 
 
-def _env_source(env_id: str, placement: str) -> Any:
-    """The env id, or for placement "user" (the E-SPL reference's: the prompt atop the first user message, as
-    a run trained that way saw it) a factory of the env with that reset option added."""
+def _placement(placement: str) -> Literal["system", "user"]:
+    """The agent's prompt placement for its episodes: "system", or "user" (the E-SPL reference's: the prompt
+    atop the first user message, as a run trained that way saw it; the env's reset option)."""
     if placement == "system":
-        return env_id
-    if placement != "user":
-        raise ValueError(f"placement: must be 'system' or 'user', got {placement!r}")
-    import gymnasium as gym
-
-    class PromptInUserTurn(gym.Wrapper):
-        def reset(self, *, seed=None, options=None):
-            return self.env.reset(seed=seed, options={**(options or {}), "system_prompt_placement": "user"})
-
-    return lambda **kwargs: PromptInUserTurn(gym.make(env_id, **kwargs))
+        return "system"
+    if placement == "user":
+        return "user"
+    raise ValueError(f"placement: must be 'system' or 'user', got {placement!r}")
 
 
 def summarize(store: Store, suite: Suite, agent: AgentSpec, run: RunHandle | None, ran: dict[str, int]) -> SuiteResult:
