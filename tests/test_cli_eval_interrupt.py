@@ -73,5 +73,9 @@ def test_eval_output_is_quiet_by_default_and_verbose_with_v(tmp_path):
     quiet = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "Loading weights" not in quiet.stderr + quiet.stdout and "Warning" not in quiet.stderr
+    assert "INFO " not in quiet.stderr
     loud = subprocess.run(args + ["-v"], capture_output=True, text=True, env=env, timeout=600)
-    assert loud.returncode == 0 and "Loading weights" in loud.stderr + loud.stdout
+    # -v turns the library loggers and bars back on; whether transformers draws a "Loading weights" bar depends
+    # on the load path (none for the float cache, or when an earlier process disabled HF bars in the env), so
+    # the check is the INFO log line of the load, which only -v shows
+    assert loud.returncode == 0 and "INFO espl.agents.models: loaded smollm2-135m" in loud.stderr
