@@ -138,6 +138,15 @@ class ModelSpec:
         return f"{self.name.replace('/', '--')}-v{CACHE_FORMAT}"
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks (model files, adapters, checkpoint files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """The user cache dir of espl (override with ESPL_CACHE_DIR)."""
     env = os.environ.get("ESPL_CACHE_DIR")

