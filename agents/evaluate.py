@@ -10,19 +10,24 @@
   episodes whose prompt outgrew the model's context (`context_overflows`), generated tokens per second.
 - If the policy fails midway (server down after its retries), the finished episodes are kept: the result
   has them, and `error` says what happened.
+- `out=DIR` writes DIR/trajectories.jsonl chunk by chunk as episodes finish (so Ctrl-C or a crash keeps
+  them) and DIR/summary.json at the end; `resume=True` continues an interrupted evaluation of DIR with the
+  same options (`EpisodeLog`; what `espl eval --out DIR --continue` runs).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from espl.agents.errors import RolloutError
 from espl.agents.policy import Policy
-from espl.agents.rollout import Episode, EnvSource, RolloutStats, rollout
+from espl.agents.rollout import Episode, EnvSource, RolloutStats, rollout, with_sample_seeds
 from espl.agents.stats import SUCCESS_REWARD, Z_95, mean_ci95, pass_at_k, pass_at_ks  # noqa: F401 (re-exported)
 from espl.types import SamplingParams, Trajectory
 
@@ -50,12 +55,18 @@ class EvalResult:
     seed: int
     params: dict[str, Any]
     error: str | None = None
+    tool_calls: int = 0  # tool calls the episodes made (tool envs count them in each episode's info)
+    tool_errors: int = 0  # ... and how many of them failed
     trajectories: list[Trajectory] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "trajectories"}
         d["pass_at_k"] = {str(k): v for k, v in self.pass_at_k.items()}
         return d
+
+    def to_json(self) -> dict[str, Any]:
+        """`to_dict` with NaN (a mean of no episodes) as None: strict JSON, what `espl eval --json` prints."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.to_dict().items()}
 
 
 def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: int, samples: int,
@@ -78,8 +89,72 @@ def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: i
         system_prompt=system_prompt, split=split, seed=seed,
         params={"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
                 "seed": params.seed, "stop": list(params.stop)},
-        error=error, trajectories=list(trajs),
+        error=error, tool_calls=sum(int((t.info or {}).get("tool_calls", 0)) for t in trajs),
+        tool_errors=sum(int((t.info or {}).get("tool_errors", 0)) for t in trajs), trajectories=list(trajs),
     )
+
+
+class EvalLogError(ValueError):
+    """`resume` of an evaluation directory that cannot be continued (the message says why and what to do)."""
+
+
+class EpisodeLog:
+    """DIR/trajectories.jsonl written chunk by chunk while an evaluation runs, so an interrupt or a crash keeps
+    the finished episodes; `resume` skips them (DIR/progress.json must hold the same options). Episodes get
+    their sampling seeds from their index in the whole evaluation before it is chunked, so a continued
+    evaluation samples what an uninterrupted one would."""
+
+    def __init__(self, out: Path, options: dict[str, Any], resume: bool):
+        self.out, self.path, self.meta = out, out / "trajectories.jsonl", out / "progress.json"
+        self.done: list[Trajectory] = []
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.meta.is_file() or not self.path.is_file():
+                raise EvalLogError(f"--continue: {out} holds no interrupted evaluation (no progress.json / "
+                                   "trajectories.jsonl)")
+            before = json.loads(self.meta.read_text(encoding="utf-8"))
+            changed = sorted(k for k in set(before) | set(options) if before.get(k) != options.get(k))
+            if changed:
+                raise EvalLogError(f"--continue: {out} was evaluated with other options ({', '.join(changed)} "
+                                   "differ); give the same options, or another --out")
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.done.append(Trajectory.from_dict(json.loads(line)))
+                except (json.JSONDecodeError, TypeError):
+                    break  # a line cut off by a kill: that episode runs again
+        self.meta.write_text(json.dumps(options, default=str), encoding="utf-8")
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.done)
+        self.written = len(self.done)
+
+    def wrap(self, rollout_fn: Callable[..., list[Trajectory]] | None, chunk: int) -> Callable[..., list[Trajectory]]:
+        """`rollout_fn` (default: the local rollout) run `chunk` episodes at a time, each chunk appended to the
+        log as it finishes, the episodes already logged skipped."""
+        base = rollout_fn or rollout
+
+        def run(env, policy, episodes, params, *, env_kwargs=None, max_batch=None, progress=None, stats=None):
+            eps = with_sample_seeds(episodes, params)
+            results = list(self.done[: len(eps)])
+            for start in range(len(results), len(eps), chunk):
+                part = eps[start : start + chunk]
+                report = (lambda d, t, s=start: progress(s + d, len(eps))) if progress else None
+                try:
+                    got = base(env, policy, part, params, env_kwargs=env_kwargs, max_batch=max_batch,
+                               progress=report, stats=stats)
+                except RolloutError as exc:
+                    finished = dict(enumerate(results))
+                    finished.update({start + i: t for i, t in exc.trajectories.items()})
+                    raise RolloutError(str(exc), finished, exc.cause) from exc.cause
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in got)
+                results.extend(got)
+                self.written = len(results)
+            return results
+
+        return run
+
+    def write_summary(self, result: EvalResult) -> None:
+        (self.out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
 
 
 def evaluate(

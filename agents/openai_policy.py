@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from espl.agents.errors import GenerationError, error_kind
+from espl.seeds import mix_seed
 from espl.types import Completion, Message, SamplingParams
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class OpenAIPolicy:
         if seed is not None:
             req["seed"] = seed % (2**31 - 1)
         elif params.seed is not None:
-            req["seed"] = (params.seed * 1_000_003 + index) % (2**31 - 1)
+            req["seed"] = mix_seed(params.seed, index) % (2**31 - 1)  # row `index`'s stream, as HFPolicy's
         if params.stop:
             req["stop"] = list(params.stop)
         if response_format is not None:

@@ -172,7 +172,7 @@ def _round_params(params: SamplingParams, round_index: int) -> SamplingParams:
     if params.seed is None:
         return params
     # a distinct, reproducible stream per round (a round's batch differs from the last one's)
-    return replace(params, seed=(params.seed * 1_000_003 + round_index) % (2**63 - 1))
+    return replace(params, seed=mix_seed(params.seed, round_index))
 
 
 def rollout(

@@ -113,3 +113,38 @@ def load_policy(run: TrainedRun, **spec_fields: Any) -> Policy:
             raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {spec.model} with LoRA "
                               f"r={spec.lora.r if spec.lora else 0} ({exc})") from None
         raise
+
+
+@dataclass(frozen=True)
+class SuiteJob:
+    """One agent to run on a suite: its leaderboard identity, the policy that plays it, and the metadata
+    stored with its run (for a training run: the run dir, step, prompt id, label and rating)."""
+
+    agent: Any  # espl.leaderboard.store.AgentSpec
+    policy: PolicySpec
+    extra: dict[str, Any]
+
+
+def run_jobs(run: TrainedRun, params: Any, *, device: str = "cpu") -> list[SuiteJob]:
+    """The run's newest and best prompts, each with the trained adapter, as suite jobs (`params`:
+    SamplingParams of the evaluation). The jobs share one PolicySpec, so the model loads once."""
+    from espl.leaderboard.runner import agent_spec
+
+    trained = policy_spec(run, device=device)
+    adapter = str(run.adapter_path) if run.adapter_path else None
+    return [SuiteJob(
+        agent_spec(run.config.model, params, system_prompt=p.text, backend="hf",
+                   placement=run.config.selection.placement, adapter=adapter, adapter_hash=run.adapter_hash,
+                   name=run.agent_name(p)),
+        trained,
+        {"from_run": {"run_dir": str(run.run_dir), "step": run.step, "prompt_id": p.prompt_id, "label": p.label,
+                      "mu": p.mu, "sigma": p.sigma}},
+    ) for p in run.prompts]
+
+
+def own_suite(run: TrainedRun, episodes: int = 32) -> Any:
+    """The suite of a run's own env on its test split (`espl eval --from-run` without `--suite`)."""
+    from espl.leaderboard.suites import Suite, SuiteEntry
+
+    return Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
+        SuiteEntry(run.config.env, episodes=episodes, split="test", env_kwargs=dict(run.config.env_kwargs)),))

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, NoReturn, Optional, cast
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from espl.agents.policy import Backend, ToolFormat
+    from espl.agents.policy import Backend, PolicySpec, ToolFormat
 
 err_console = Console(stderr=True)
 
@@ -125,37 +124,11 @@ def eval_command(
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if tool_format not in ("native", "hermes"):
-        raise typer.BadParameter("must be native or hermes", param_hint="--tool-format")
-    if llamacpp and base_url:
-        fail("--llamacpp starts its own llama.cpp server; --base-url talks to a running one: give one of them")
-    if threads < 1:
-        fail(f"--threads {threads}: must be >= 1")
-    backend: Backend = "openai" if base_url else "llamacpp" if llamacpp else "hf"
-    from espl.agents.policy import PolicySpec, build_policy
-
-    try:
-        policy_spec = PolicySpec(backend=backend, model=model, device=device, base_url=base_url, api_key=api_key,
-                                 tool_format=cast("ToolFormat", tool_format), threads=threads if llamacpp else None,
-                                 parallel=max_batch or 4)
-    except ValueError as exc:  # names the field: device, base_url, ...
-        raise typer.BadParameter(str(exc)) from None
-
-    def make_policy():
-        return build_policy(policy_spec)
-
+    policy_spec = _policy_spec(model, base_url, llamacpp, device, api_key, tool_format, threads, max_batch)
     if backend_opt not in ("local", "ray"):
         raise typer.BadParameter("must be local or ray", param_hint="--backend")
-    ray = None
-    if backend_opt == "ray":
-        if suite or from_run:
-            raise typer.BadParameter("ray runs --env evaluations; leaderboard suites run locally", param_hint="--backend")
-        if ray_workers < 1:
-            raise typer.BadParameter("must be >= 1", param_hint="--ray-workers")
-        from espl.agents.distributed import WorkerPolicy
-
-        recipe = WorkerPolicy(policy_spec)
-        ray = (recipe, ray_address, ray_workers, 1 if device.startswith("cuda") and not base_url else 0)
+    if backend_opt == "ray" and (suite or from_run):
+        raise typer.BadParameter("ray runs --env evaluations; leaderboard suites run locally", param_hint="--backend")
 
     if suite or from_run:
         if env:
@@ -163,79 +136,63 @@ def eval_command(
         from espl.cli.leaderboard import eval_suite_command
 
         eval_suite_command(suite=suite, db=db, from_run=from_run, policy_spec=policy_spec, model=model,
-                           backend=backend, system_prompt=prompt, params=params, episodes=episodes,
+                           backend=policy_spec.backend, system_prompt=prompt, params=params, episodes=episodes,
                            as_json=as_json, name=name, chunk_size=chunk_size)
         return
     if not env:
         raise typer.BadParameter("which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME",
                                  param_hint="--env")
-    _eval_env(env, make_policy, model, prompt, episodes or 32, samples, seed, split, params,
-              parse_env_args(env_arg), max_batch, as_json, out, ray, resume_out)
+    ray = (ray_address, ray_workers) if backend_opt == "ray" else None
+    _eval_env(env, policy_spec, prompt, episodes or 32, samples, seed, split, params, parse_env_args(env_arg),
+              max_batch, as_json, out, ray, resume_out)
 
 
-class _EpisodeLog:
-    """OUT/trajectories.jsonl written chunk by chunk while an evaluation runs, so Ctrl-C or a crash keeps the
-    finished episodes; `--continue` skips them (OUT/progress.json must hold the same options). Episodes get
-    their sampling seeds from their index in the whole evaluation before it is chunked, so a continued
-    evaluation samples what an uninterrupted one would."""
+def _policy_spec(model: str, base_url: Optional[str], llamacpp: bool, device: str, api_key: Optional[str],
+                 tool_format: str, threads: int, max_batch: Optional[int]) -> "PolicySpec":
+    """The `PolicySpec` the flags describe (checked before any model loads)."""
+    from espl.agents.policy import PolicySpec
 
-    def __init__(self, out: Path, options: dict, resume: bool):
-        self.path, self.meta = out / "trajectories.jsonl", out / "progress.json"
-        self.done: list = []
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            from espl.types import Trajectory
-
-            if not self.meta.is_file() or not self.path.is_file():
-                fail(f"--continue: {out} holds no interrupted evaluation (no progress.json / trajectories.jsonl)")
-            before = json.loads(self.meta.read_text(encoding="utf-8"))
-            changed = sorted(k for k in set(before) | set(options) if before.get(k) != options.get(k))
-            if changed:
-                fail(f"--continue: {out} was evaluated with other options ({', '.join(changed)} differ); "
-                     "give the same options, or another --out")
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    self.done.append(Trajectory.from_dict(json.loads(line)))
-                except (json.JSONDecodeError, TypeError):
-                    break  # a line cut off by a kill: that episode runs again
-        self.meta.write_text(json.dumps(options, default=str), encoding="utf-8")
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.done)
-        self.written = len(self.done)
-
-    def wrap(self, rollout_fn, chunk: int):
-        from espl.agents.errors import RolloutError
-        from espl.agents.rollout import rollout, with_sample_seeds
-
-        base = rollout_fn or rollout
-
-        def run(env, policy, episodes, params, *, env_kwargs=None, max_batch=None, progress=None, stats=None):
-            eps = with_sample_seeds(episodes, params)
-            results = list(self.done[: len(eps)])
-            for start in range(len(results), len(eps), chunk):
-                part = eps[start : start + chunk]
-                report = (lambda d, t, s=start: progress(s + d, len(eps))) if progress else None
-                try:
-                    got = base(env, policy, part, params, env_kwargs=env_kwargs, max_batch=max_batch,
-                               progress=report, stats=stats)
-                except RolloutError as exc:
-                    finished = {i: t for i, t in enumerate(results)}
-                    finished.update({start + i: t for i, t in exc.trajectories.items()})
-                    raise RolloutError(str(exc), finished, exc.cause) from exc.cause
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in got)
-                results.extend(got)
-                self.written = len(results)
-            return results
-
-        return run
+    if tool_format not in ("native", "hermes"):
+        raise typer.BadParameter("must be native or hermes", param_hint="--tool-format")
+    if llamacpp and base_url:
+        fail("--llamacpp starts its own llama.cpp server; --base-url talks to a running one: give one of them")
+    if threads < 1:
+        fail(f"--threads {threads}: must be >= 1")
+    backend: Backend = "openai" if base_url else "llamacpp" if llamacpp else "hf"
+    try:
+        return PolicySpec(backend=backend, model=model, device=device, base_url=base_url, api_key=api_key,
+                          tool_format=cast("ToolFormat", tool_format), threads=threads if llamacpp else None,
+                          parallel=max_batch or 4)
+    except ValueError as exc:  # names the field: device, base_url, ...
+        raise typer.BadParameter(str(exc)) from None
 
 
-def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, params, env_kwargs, max_batch,
+def _start(policy_spec: "PolicySpec", ray: tuple[str | None, int] | None):
+    """(policy, rollout_fn, close): the policy built here, or (ray) Ray workers that each build their own."""
+    from espl.agents.policy import build_policy
+
+    try:
+        if ray is None:
+            return build_policy(policy_spec), None, lambda: None
+        from espl.agents.distributed import RayRollout, WorkerPolicy
+
+        if policy_spec.backend == "hf":  # the workers load the model; here only its name is checked
+            from espl.agents.models import resolve_model
+
+            resolve_model(policy_spec.model)
+        address, workers = ray
+        gpus = 1 if policy_spec.device.startswith("cuda") and policy_spec.backend != "openai" else 0
+        rr = RayRollout(WorkerPolicy(policy_spec), address=address, num_workers=workers, gpus_per_worker=gpus)
+        return None, rr.rollout, rr.close
+    except (ValueError, FileNotFoundError) as exc:
+        fail(f"--model: {exc}")
+
+
+def _eval_env(env, policy_spec, prompt, episodes, samples, seed, split, params, env_kwargs, max_batch,
               as_json, out, ray=None, resume=False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from espl.agents.evaluate import evaluate
+    from espl.agents.evaluate import EpisodeLog, EvalLogError, evaluate
     from espl.trainer.config import ConfigError, check_env
 
     try:  # before the model loads: the id (with "did you mean") and the keyword arguments the env takes
@@ -244,62 +201,34 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
         fail(str(exc))
     if split not in ("train", "test"):
         fail(f"--split {split!r}: must be train or test")
+    model = policy_spec.model
     options = {"env": env, "model": model, "system_prompt": prompt, "episodes": episodes, "samples": samples,
                "seed": seed, "split": split, "env_kwargs": env_kwargs, "params": repr(params)}
-    log = _EpisodeLog(out, options, resume) if out is not None else None
-    rollout_fn, close = None, lambda: None
     try:
-        if ray is None:
-            policy = make_policy()
-        else:  # the workers build the policy; here only the name is checked
-            from espl.agents.distributed import RayRollout
-
-            recipe, address, workers, gpus = ray
-            if recipe.backend == "hf":
-                from espl.agents.models import resolve_model
-
-                resolve_model(model)
-            policy = None
-            rr = RayRollout(recipe, address=address, num_workers=workers, gpus_per_worker=gpus)
-            rollout_fn, close = rr.rollout, rr.close
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[red]--model: {exc}[/red]")
-        raise typer.Exit(2) from None
+        log = EpisodeLog(out, options, resume) if out is not None else None
+    except EvalLogError as exc:
+        fail(str(exc))
+    policy, rollout_fn, close = _start(policy_spec, ray)
+    if log is not None:  # episodes go to OUT/trajectories.jsonl chunk by chunk, as they finish
+        rollout_fn = log.wrap(rollout_fn, chunk=max_batch or 8)
     with Progress(TextColumn(f"{env}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=as_json) as bar:
         task = bar.add_task("episodes", total=episodes * samples)
-        if log is not None:  # episodes go to OUT/trajectories.jsonl chunk by chunk, as they finish
-            rollout_fn = log.wrap(rollout_fn, chunk=max_batch or 8)
         try:
             result = evaluate(env, policy, episodes=episodes, params=params, system_prompt=prompt, samples=samples,
                               seed=seed, split=split, env_kwargs=env_kwargs, max_batch=max_batch,
                               progress=lambda done, total: bar.update(task, completed=done), rollout_fn=rollout_fn)
         except KeyboardInterrupt:
             bar.stop()
-            if log is None:
-                err_console.print("interrupted; nothing was kept (with --out DIR finished episodes are written as "
-                                  "they finish)", soft_wrap=True)
-            else:
-                import shlex
-
-                again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--continue")
-                err_console.print(f"interrupted: {log.written} of {episodes * samples} episodes are in "
-                                  f"{out / 'trajectories.jsonl'}; continue with: espl {again} --continue",
-                                  soft_wrap=True, markup=False, highlight=False)
-            raise typer.Exit(130) from None
+            _interrupted(log, episodes * samples)
         finally:
             close()
     result.model = model
-    tools = _tool_counts(result.trajectories)
-    if out is not None:
-        (out / "summary.json").write_text(json.dumps({**result.to_dict(), **tools}, indent=2, default=str),
-                                          encoding="utf-8")
+    if log is not None:
+        log.write_summary(result)
     if as_json:
-        d = {**result.to_dict(), **tools}
-        d = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-        if out is not None:
-            d["out"] = str(out)
-        sys.stdout.write(json.dumps(d, default=str) + "\n")
+        sys.stdout.write(json.dumps({**result.to_json(), **({"out": str(out)} if out is not None else {})},
+                                    default=str) + "\n")
     else:
         _print_summary(result, out)
     if result.error:
@@ -308,11 +237,17 @@ def _eval_env(env, make_policy, model, prompt, episodes, samples, seed, split, p
         raise typer.Exit(1)
 
 
-def _tool_counts(trajectories) -> dict[str, int]:
-    """Tool calls the episodes made and how many failed (tool envs count them in the episode's info)."""
-    infos = [t.info or {} for t in trajectories]
-    return {"tool_calls": sum(int(i.get("tool_calls", 0)) for i in infos),
-            "tool_errors": sum(int(i.get("tool_errors", 0)) for i in infos)}
+def _interrupted(log, total: int) -> NoReturn:
+    if log is None:
+        err_console.print("interrupted; nothing was kept (with --out DIR finished episodes are written as "
+                          "they finish)", soft_wrap=True)
+    else:
+        import shlex
+
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--continue")
+        err_console.print(f"interrupted: {log.written} of {total} episodes are in {log.path}; continue with: "
+                          f"espl {again} --continue", soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(130) from None
 
 
 def _print_summary(r, out) -> None:
@@ -327,9 +262,8 @@ def _print_summary(r, out) -> None:
     table.add_row("success", f"{r.success_rate:.1%}")
     table.add_row("pass@k", "  ".join(f"@{k} {v:.3f}" for k, v in r.pass_at_k.items()))
     table.add_row("reasons", ", ".join(f"{k} {v}" for k, v in r.reasons.items()))
-    tools = _tool_counts(r.trajectories)
-    if tools["tool_calls"] or tools["tool_errors"]:
-        table.add_row("tool calls", f"{tools['tool_calls']} ({tools['tool_errors']} errors)")
+    if r.tool_calls or r.tool_errors:
+        table.add_row("tool calls", f"{r.tool_calls} ({r.tool_errors} errors)")
     table.add_row("speed", f"{r.generated_tokens} tokens in {r.seconds:.1f} s = {r.tokens_per_s:.1f} tokens/s")
     table.add_row("system prompt", (r.system_prompt or "(none)")[:200])
     if out is not None:

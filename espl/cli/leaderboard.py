@@ -210,39 +210,31 @@ def eval_suite_command(
     """
     from espl.agents.errors import RolloutError
     from espl.leaderboard.runner import DEFAULT_CHUNK, agent_spec, run_suite
-    from espl.leaderboard.suites import Suite, SuiteEntry, SuiteError, load_suite
+    from espl.leaderboard.suites import SuiteError, load_suite
 
     try:
         chosen = load_suite(suite) if suite else None
     except SuiteError as exc:
         fail(str(exc), 2)
 
-    jobs = []  # (agent spec, PolicySpec, extra run metadata)
     if from_run is not None:
-        from espl.leaderboard.from_run import RunDirError, read_run
-        from espl.leaderboard.from_run import policy_spec as run_policy_spec
+        from espl.leaderboard.from_run import RunDirError, own_suite, read_run, run_jobs
 
         if backend != "hf":
             fail("--from-run: the run's adapter is LoRA weights for the transformers backend; drop --base-url", 2)
         try:
             run = read_run(from_run)
-            trained = run_policy_spec(run, device=policy_spec.device)
+            jobs = run_jobs(run, params, device=policy_spec.device)
         except (RunDirError, ValueError, KeyError) as exc:
             fail(str(exc), 2)
-        if chosen is None:
-            chosen = Suite(name=f"{run.run_dir.name}-test", source=str(run.run_dir), entries=(
-                SuiteEntry(run.config.env, episodes=episodes or 32, split="test", env_kwargs=dict(run.config.env_kwargs)),))
-        for p in run.prompts:
-            spec = agent_spec(run.config.model, params, system_prompt=p.text, backend="hf",
-                              placement=run.config.selection.placement, adapter=str(run.adapter_path) if run.adapter_path else None,
-                              adapter_hash=run.adapter_hash, name=run.agent_name(p))
-            jobs.append((spec, trained, {"from_run": {"run_dir": str(run.run_dir), "step": run.step,
-                                                      "prompt_id": p.prompt_id, "label": p.label,
-                                                      "mu": p.mu, "sigma": p.sigma}}))
+        chosen = chosen or own_suite(run, episodes or 32)
     else:
+        from espl.leaderboard.from_run import SuiteJob
+
         if chosen is None:
             raise ValueError("eval_suite_command: needs --suite or --from-run")
-        jobs.append((agent_spec(model, params, system_prompt=system_prompt, backend=backend, name=name), policy_spec, {}))
+        jobs = [SuiteJob(agent_spec(model, params, system_prompt=system_prompt, backend=backend, name=name),
+                         policy_spec, {})]
 
     from espl.envs.registration import get_spec
 
@@ -257,7 +249,8 @@ def eval_suite_command(
     built: dict = {}  # PolicySpec -> policy: one model load for jobs that share a spec (a run's two prompts)
     results = []
     with open_store(db) as store:
-        for spec, pspec, extra in jobs:
+        for job in jobs:
+            spec, pspec, extra = job.agent, job.policy, job.extra
             agent_id = store.add_agent(spec)
             left = sum(len(store.missing_episodes(agent_id, e)) for e in chosen.entries)
             if not as_json:
@@ -278,7 +271,7 @@ def eval_suite_command(
         total = sum(e.score.episodes for r in results for e in r.envs)
         means = [e.score.mean for r in results for e in r.envs]
         typer.echo(json.dumps({
-            "suite": chosen.name, "env": [e.env_id for e in chosen.entries], "model": jobs[0][0].model,
+            "suite": chosen.name, "env": [e.env_id for e in chosen.entries], "model": jobs[0].agent.model,
             "episodes": total, "mean_reward": sum(means) / len(means) if means else None, "db": str(results[0].db),
             "agents": [r.to_dict() for r in results],
         }, indent=2))
