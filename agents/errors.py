@@ -64,3 +64,8 @@ class RolloutError(RuntimeError):
         super().__init__(message)
         self.trajectories = trajectories
         self.cause = cause
+
+
+class AdapterMismatch(ValueError):
+    """Adapter weights that do not fit the policy (other model, LoRA rank or target modules); the message
+    names the first weight that does not fit and the fix. A ValueError, so bad input stays one kind."""

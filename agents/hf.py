@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from espl.agents.errors import AdapterMismatch
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
 from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
@@ -155,12 +156,12 @@ class HFPolicy:
         named = dict(self.model.named_parameters())
         unknown = sorted(set(state) - set(named))
         if unknown:
-            raise ValueError(f"adapter: {len(unknown)} weights do not fit {self.name} with "
+            raise AdapterMismatch(f"adapter: {len(unknown)} weights do not fit {self.name} with "
                              f"{'no LoRA' if self.lora is None else f'LoRA r={self.lora.r}'} (unknown parameters, "
                              f"e.g. {unknown[0]}); build the policy with the LoRA settings the adapter was trained with")
         bad = [n for n, v in state.items() if tuple(v.shape) != tuple(named[n].shape)]
         if bad:
-            raise ValueError(f"adapter: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the model's is "
+            raise AdapterMismatch(f"adapter: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the model's is "
                              f"{tuple(named[bad[0]].shape)}; the LoRA rank differs from the adapter's")
         with torch.no_grad():
             for name, value in state.items():
@@ -177,14 +178,14 @@ class HFPolicy:
     def load_peft_adapter(self, state: dict[str, Any]) -> None:
         """Load a PEFT state dict (from `peft_adapter`) into this policy's adapter; every LoRA weight must be there."""
         if self.lora is None:
-            raise ValueError("adapter: this policy has no LoRA adapter; build it with lora=LoraSettings(...) "
+            raise AdapterMismatch("adapter: this policy has no LoRA adapter; build it with lora=LoraSettings(...) "
                              "matching the adapter's")
         from peft import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(self.model, state)
         missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
         if missing:
-            raise ValueError(f"adapter: {len(missing)} LoRA weights were not in the state given (e.g. {missing[0]}); "
+            raise AdapterMismatch(f"adapter: {len(missing)} LoRA weights were not in the state given (e.g. {missing[0]}); "
                              "the LoraSettings must match the adapter's")
 
     def set_training(self, training: bool) -> None:

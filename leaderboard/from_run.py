@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from espl.agents.errors import AdapterMismatch
 from espl.agents.policy import LoraSettings, Policy, PolicySpec, build_policy
 from espl.leaderboard.runner import file_sha256
 
@@ -108,11 +109,9 @@ def load_policy(run: TrainedRun, **spec_fields: Any) -> Policy:
     spec = policy_spec(run, **spec_fields)
     try:
         return build_policy(spec)
-    except ValueError as exc:
-        if spec.adapter and str(exc).startswith("adapter:"):
-            raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {spec.model} with LoRA "
-                              f"r={spec.lora.r if spec.lora else 0} ({exc})") from None
-        raise
+    except AdapterMismatch as exc:
+        raise RunDirError(f"--from-run {run.run_dir}: adapter weights do not fit {spec.model} with LoRA "
+                          f"r={spec.lora.r if spec.lora else 0} ({exc})") from None
 
 
 @dataclass(frozen=True)
