@@ -26,6 +26,7 @@ app.command("train")(train_cli.train)
 app.command("prompts")(train_cli.prompts)
 app.command("plot")(train_cli.plot)
 app.command("eval")(__import__("espl.cli.eval", fromlist=["eval_command"]).eval_command)
+app.command("report")(__import__("espl.cli.report", fromlist=["report"]).report)
 
 
 def _version(value: bool) -> None:
