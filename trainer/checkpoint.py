@@ -8,6 +8,9 @@ RUN_DIR/checkpoint.prev/      the one before it (the fallback when the latest is
     optimizer.json            the optimizer's param_groups and any non-tensor state
     rng.json                  torch / python / numpy RNG states as numbers
 
+RUN_DIR/best/                 the checkpoint after the step with the best held-out score (`save_best`): the same
+    best.json                 files, plus the record of why: step, score, which prompt (trainer/heldout.py)
+
 Nothing here is unpickled: tensors are safetensors, the rest is JSON, so a shared or downloaded run dir cannot
 run code when it is resumed (`torch.load` of a pickle can). Files such as `optimizer.pt` / `rng.pt` (older
 espl-gym versions wrote them) are never opened; a checkpoint made only of such files is refused.
@@ -139,29 +142,37 @@ def _rng_from_json(data: dict) -> dict:
 # ---- save / load --------------------------------------------------------------------------------------------
 
 
-def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng: dict | None) -> Path:
+def _write_dir(tmp: Path, state: dict, tensors: dict, optimizer: dict | None, rng: dict | None,
+               extra: dict[str, Any] | None = None) -> None:
+    """A checkpoint's files into the (new, empty) directory `tmp`; `extra`: more JSON files by name."""
     from safetensors.torch import save_file
 
+    if tensors:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
+    if optimizer is not None:
+        opt_tensors, opt_rest = _split_optimizer(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_rest), encoding="utf-8")
+    if rng is not None:
+        (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)), encoding="utf-8")
+    for name, data in (extra or {}).items():
+        (tmp / name).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+    # state.json last: its presence marks a complete checkpoint directory; its hashes cover the others
+    with open(tmp / "state.json", "w", encoding="utf-8") as f:
+        json.dump({**state, "format": FORMAT, "files": files}, f, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+
+
+def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng: dict | None) -> Path:
     run_dir = Path(run_dir)
     for stale in run_dir.glob(".checkpoint.*"):  # left by a save that was killed part-way
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint."))
     try:
-        if tensors:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
-        if optimizer is not None:
-            opt_tensors, opt_rest = _split_optimizer(optimizer)
-            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "optimizer.json").write_text(json.dumps(opt_rest), encoding="utf-8")
-        if rng is not None:
-            (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)), encoding="utf-8")
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
-        # state.json last: its presence marks a complete checkpoint directory; its hashes cover the others
-        with open(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump({**state, "format": FORMAT, "files": files}, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        _write_dir(tmp, state, tensors, optimizer, rng)
         final, prev = run_dir / NAME, run_dir / PREVIOUS
         if final.exists():
             if prev.exists():
@@ -174,6 +185,54 @@ def save(run_dir: Path, state: dict, tensors: dict, optimizer: dict | None, rng:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+BEST = "best"
+_BEST_PREV = "best.prev"  # the best checkpoint being replaced; exists only if a save_best was killed mid-way
+BEST_RECORD = "best.json"
+
+
+def save_best(run_dir: Path, record: dict[str, Any], state: dict, tensors: dict, optimizer: dict | None,
+              rng: dict | None) -> Path:
+    """Replace RUN_DIR/best with this checkpoint and its `record` (best/best.json: step, score, prompt), atomically:
+    the new one is complete in a temporary directory before the old one is renamed away, and `read_best` falls
+    back to that old one when a kill lands between the two renames."""
+    run_dir = Path(run_dir)
+    for stale in run_dir.glob(".best.*"):  # left by a save_best that was killed part-way
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".best."))
+    try:
+        _write_dir(tmp, state, tensors, optimizer, rng, {BEST_RECORD: record})
+        final, prev = run_dir / BEST, run_dir / _BEST_PREV
+        if final.exists():
+            if prev.exists():
+                shutil.rmtree(prev)
+            os.replace(final, prev)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+        shutil.rmtree(prev, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_best(run_dir: Path) -> dict[str, Any] | None:
+    """best/best.json of a run (None when it has no best checkpoint yet), checked with the rest of that
+    checkpoint; a damaged best/ falls back to best.prev, else is ignored with a warning (a new best replaces it)."""
+    run_dir = Path(run_dir)
+    for name in (BEST, _BEST_PREV):
+        path = run_dir / name
+        if not (path / "state.json").is_file():
+            continue
+        try:
+            _load_dir(path)
+            record = json.loads((path / BEST_RECORD).read_text(encoding="utf-8"))
+            float(record["score"]), int(record["step"])
+            return dict(record)
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("best checkpoint %s is unusable (%s); the next held-out improvement replaces it", path, exc)
+    return None
 
 
 def _load_dir(path: Path) -> Checkpoint:

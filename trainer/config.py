@@ -242,11 +242,37 @@ class PoolConfig(_Section):
     max_size: int = opt(100, "prompts kept (FIFO beyond) [ref: 100]", ge=1)
 
 
+EVAL_PROMPTS: tuple[str, ...] = ("newest", "best", "none")
+
+
 @dataclass(frozen=True)
 class EvaluationConfig(_Section):
+    """Held-out evaluation inside the training loop (trainer/heldout.py, docs/training.md "Held-out evaluation")."""
+
     SECTION = "evaluation"
-    every: int = opt(0, "evaluate the newest prompt on the test split every n steps (0: never)", ge=0)
-    problems: int = opt(32, "test problems per evaluation", ge=1)
+    every: int = opt(5, "held-out evaluation every n steps and after the last step (0: never) [ref: every step]", ge=0)
+    problems: int = opt(32, "the fixed held-out set: test-split tasks 0..n-1 [ref: the whole test set]", ge=1)
+    samples: int = opt(1, "k, samples per held-out task; pass@1..k is reported [ref: 10]", ge=1)
+    prompts: tuple[str, ...] = opt((), "which prompts: newest, best (mu - 2 sigma), none (no prompt); empty: all "
+                                       "three in modes espl/evolve, the fixed prompt (= newest) in mode rl")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for p in self.prompts:
+            if p not in EVAL_PROMPTS:
+                close = difflib.get_close_matches(p, EVAL_PROMPTS, 1, 0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"evaluation.prompts: {p!r} is not one of {list(EVAL_PROMPTS)}{hint}, e.g. "
+                                  "--set 'evaluation.prompts=[\"newest\", \"none\"]'")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ConfigError(f"evaluation.prompts = {list(self.prompts)}: each prompt at most once")
+
+    def prompt_labels(self, mode: str) -> tuple[str, ...]:
+        """The prompts an evaluation runs: `prompts`, or by default all three (espl/evolve) or, in mode rl, the
+        fixed prompt alone (the pool of an rl run holds only it, so newest = best = fixed)."""
+        if self.prompts:
+            return self.prompts
+        return ("newest",) if mode == "rl" else EVAL_PROMPTS
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import numpy as np
 
 from espl.trainer import checkpoint as ckpt
 from espl.trainer.config import TrainConfig, resume_changes
+from espl.trainer.heldout import PARAMS_SEED, HeldOutResult, headline, resolve_prompts, rng_untouched, sample_seed
 from espl.trainer.loss import LOSSES, LossSettings, advantages, kept_groups, skip_ratio
 from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, RolloutGroup
 from espl.trainer.pool import (
@@ -77,8 +78,9 @@ class StepMetrics:
     tool_calls: int = 0  # tool calls the step's episodes made (tool envs)
     tool_errors: int = 0  # of which failed: unparsable, unknown tool, bad arguments, the tool raised
     context_overflows: int = 0  # episodes that ended because their prompt filled the model's context
+    time_eval: float = 0.0  # the held-out evaluation's share of time_total (0 when none ran)
 
-    TIMING = ("time_rollout", "time_update", "time_mutation", "time_total")
+    TIMING = ("time_rollout", "time_update", "time_mutation", "time_total", "time_eval")
 
 
 # ---- building the pieces -----------------------------------------------------------------------------------
@@ -277,6 +279,11 @@ class Trainer:
         self._tasks_env: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espl-mutator")
         self._tb: Any = None
+        # held-out evaluation (trainer/heldout.py): the latest results, the best checkpoint's record, and the step
+        # that `train` ends with (it is evaluated whether or not it falls on evaluation.every)
+        self.last_evaluation: tuple[HeldOutResult, ...] = ()
+        self.best_record: dict[str, Any] | None = None
+        self._final_step: int | None = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if loaded is not None:
@@ -360,9 +367,12 @@ class Trainer:
         # 8. New prompts enter the pool (FIFO beyond max_pool_size): crossover child first, then mutation child.
         child_id = self._add_children(evolution, match.best, step) if evolution is not None else -1
 
-        test_reward = float("nan")
-        if cfg.evaluation.every and (step + 1) % cfg.evaluation.every == 0:
-            test_reward = self.evaluate(self.pool.newest.principles, cfg.evaluation.problems)
+        # Held-out evaluation of this step's weights (newest, best-rated, no prompt); draws no training RNG.
+        t_eval = time.perf_counter()
+        evaluation = self.evaluate(step) if self._evaluation_due(step) else ()
+        t_eval = time.perf_counter() - t_eval if evaluation else 0.0
+        top_result = headline(evaluation)
+        test_reward = top_result.mean if top_result is not None else float("nan")
 
         top = self.pool.best("exploit")
         infos = [t.info or {} for t in batch.trajectories]
@@ -380,10 +390,11 @@ class Trainer:
             tool_calls=sum(int(i.get("tool_calls", 0)) for i in infos),
             tool_errors=sum(int(i.get("tool_errors", 0)) for i in infos),
             context_overflows=sum(t.reason == "context_overflow" for t in batch.trajectories),
+            time_eval=t_eval,
         )
         self.metrics.append(metrics)
         self.step_count += 1
-        self._write(metrics, batch)
+        self._write(metrics, batch, evaluation)
         return metrics
 
     # -- step 3 in detail --
@@ -533,15 +544,50 @@ class Trainer:
         result = self.mutator.crossover([p.principles for p in crossover.parents], crossover.wins, seed + 7)
         return Evolution(mutation, result, tuple(crossover.parents))
 
-    # -- evaluation --
-    def evaluate(self, principles: Sequence[str], n_problems: int, samples: int = 1, split: str = "test") -> float:
-        """Mean reward of a prompt on the first `n_problems` tasks of a split with the current weights."""
+    # -- held-out evaluation (trainer/heldout.py) --
+    def _evaluation_due(self, step: int) -> bool:
+        every = self.cfg.evaluation.every
+        return bool(every) and ((step + 1) % every == 0 or step == self._final_step)
+
+    def evaluate(self, step: int | None = None, prompts: Sequence[str] | None = None) -> tuple[HeldOutResult, ...]:
+        """The held-out evaluation of the current weights: each of `prompts` (default `evaluation.prompts`:
+        newest, best by mu - 2 sigma, none) on test-split tasks 0..evaluation.problems-1, evaluation.samples
+        each, with the sampling seeds every evaluation shares (`heldout.sample_seed`). Prompts with the same
+        principles run once. `step` labels the results (default: the last finished step). The global RNG
+        states are restored afterwards, so training draws exactly what it would without evaluation."""
+        labels = tuple(prompts) if prompts is not None else self.cfg.evaluation.prompt_labels(self.cfg.mode)
+        step = self.step_count - 1 if step is None else step
+        rewards: dict[tuple[str, ...], tuple[tuple[float, ...], ...]] = {}
+        results = []
+        with rng_untouched():
+            for label, record in resolve_prompts(self.pool, labels):
+                principles = record.principles if record is not None else ()
+                if principles not in rewards:
+                    rewards[principles] = self.evaluate_principles(principles)
+                results.append(HeldOutResult(step, label, record.id if record is not None else None, principles,
+                                             rewards[principles]))
+        return tuple(results)
+
+    def evaluate_principles(self, principles: Sequence[str], problems: int | None = None, samples: int | None = None,
+                            split: str = "test") -> tuple[tuple[float, ...], ...]:
+        """Rewards [task][sample] of one prompt (() = no prompt) on tasks 0..problems-1 of `split` with the
+        current weights, in one rollout call of its own (so a prompt's results do not depend on which other
+        prompts are evaluated beside it). Defaults: evaluation.problems and evaluation.samples."""
         cfg = self.cfg
-        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-                                seed=derive_seed(cfg.seed, "eval", self.step_count))
-        episodes = [self._episode(i, principles, derive_seed(cfg.seed, "eval", i, s))
-                    for i in range(n_problems) for s in range(samples)]
-        return float(np.mean([t.reward for t in self._rollout(episodes, params, split)]))
+        problems = cfg.evaluation.problems if problems is None else problems
+        samples = cfg.evaluation.samples if samples is None else samples
+        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                max_new_tokens=cfg.rollout.max_new_tokens, seed=PARAMS_SEED)
+        episodes = [self._episode(i, principles, sample_seed(i, s)) for i in range(problems) for s in range(samples)]
+        trajs = self._rollout(episodes, params, split)
+        return tuple(tuple(float(t.reward) for t in trajs[i * samples : (i + 1) * samples]) for i in range(problems))
+
+    def held_out(self) -> tuple[HeldOutResult, ...]:
+        """The held-out evaluation of the current weights: the one the last step ran, else a fresh one."""
+        last = self.last_evaluation
+        if last and last[0].step == self.step_count - 1:
+            return last
+        return self.evaluate()
 
     # -- persistence --
     def _log_mutation(self, step: int, best: PromptRecord, evolution: "Evolution") -> None:
@@ -558,16 +604,37 @@ class Trainer:
         with open(self.run_dir / "mutations.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def _write(self, m: StepMetrics, batch: "StepBatch | None" = None) -> None:
+    def _write(self, m: StepMetrics, batch: "StepBatch | None" = None, evaluation: Sequence[HeldOutResult] = ()) -> None:
+        if evaluation:
+            self.last_evaluation = tuple(evaluation)
         if self.run_dir is None:
             return
         self._write_csv()
         if batch is not None:
             self._write_samples(m.step, batch)
+        if evaluation:
+            with open(self.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in evaluation)
         ckpt.write_json_atomic(self.run_dir / "pool.json", self.pool.to_dict())
-        self._tensorboard(m)
+        self._tensorboard(m, evaluation)
         if self.cfg.output.checkpoint_every and self.step_count % self.cfg.output.checkpoint_every == 0:
             self.save()
+        self._keep_best(evaluation)
+
+    def _keep_best(self, evaluation: Sequence[HeldOutResult]) -> None:
+        """RUN_DIR/best: the checkpoint after the step whose newest prompt scored the best held-out mean reward
+        (`heldout.headline`: the first evaluated prompt when newest is not evaluated); the earliest on a tie.
+        Its record, best/best.json, holds the step, the score and the prompt."""
+        top = headline(evaluation)
+        if top is None or math.isnan(top.mean):
+            return
+        if self.best_record is not None and not top.mean > float(self.best_record["score"]):
+            return
+        record = {"step": top.step, "score": top.mean, "metric": "held-out mean reward", "prompt": top.prompt,
+                  "prompt_id": top.prompt_id, "principles": list(top.principles),
+                  "pass_at_k": {str(k): v for k, v in top.pass_at_k.items()}, "n": top.n}
+        ckpt.save_best(self._run_dir, record, *self._checkpoint_parts())
+        self.best_record = record
 
     def _write_samples(self, step: int, batch: "StepBatch") -> None:
         """`output.trajectory_samples` episodes of the step, spread over its (prompt, problem) groups, with
@@ -595,7 +662,7 @@ class Trainer:
                 w.writerow([getattr(row, n) for n in names])
         tmp.replace(self._run_dir / "metrics.csv")
 
-    def _tensorboard(self, m: StepMetrics) -> None:
+    def _tensorboard(self, m: StepMetrics, evaluation: Sequence[HeldOutResult] = ()) -> None:
         try:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -609,6 +676,10 @@ class Trainer:
                 self._tb.add_scalar(name, getattr(m, name), m.step)
             if not math.isnan(m.test_reward):
                 self._tb.add_scalar("test_reward", m.test_reward, m.step)
+            for r in evaluation:  # eval/newest/mean, eval/best/pass@1, eval/none/pass@4, ...
+                self._tb.add_scalar(f"eval/{r.prompt}/mean", r.mean, m.step)
+                for k, v in r.pass_at_k.items():
+                    self._tb.add_scalar(f"eval/{r.prompt}/pass@{k}", v, m.step)
             self._tb.flush()
 
     @property
@@ -618,14 +689,18 @@ class Trainer:
 
     def save(self) -> None:
         """Checkpoint (atomic): LoRA adapter, optimizer, RNG, pool, step, metrics."""
+        ckpt.save(self._run_dir, *self._checkpoint_parts())
+        self.checkpointed_steps = self.step_count
+
+    def _checkpoint_parts(self) -> tuple[dict, dict, dict | None, dict]:
+        """(state, adapter tensors, optimizer state_dict, RNG states) of the run as it stands."""
         import torch
 
         state = {"step": self.step_count, "pool": self.pool.to_dict(), "metrics": [asdict(m) for m in self.metrics],
                  "config": self.cfg.to_dict()}
         tensors = self.policy.adapter_state() if self.learning else {}
-        ckpt.save(self._run_dir, state, tensors, self.optimizer.state_dict() if self.optimizer else None,
-                  {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
-        self.checkpointed_steps = self.step_count
+        return (state, tensors, self.optimizer.state_dict() if self.optimizer else None,
+                {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
 
     def _restore(self, loaded: ckpt.Checkpoint) -> None:
         import torch
@@ -646,6 +721,10 @@ class Trainer:
         self._write_csv()
         self._truncate_jsonl("mutations.jsonl")
         self._truncate_jsonl("samples.jsonl")
+        self._truncate_jsonl("evals.jsonl")
+        # the best checkpoint stays: it holds real weights of this run evaluated on the held-out set (when a
+        # kill cut its step off, the resumed run redoes that step to the same weights and the same score)
+        self.best_record = ckpt.read_best(self._run_dir)
 
     def _truncate_jsonl(self, name: str) -> None:
         path = self._run_dir / name
@@ -686,6 +765,7 @@ class Trainer:
 
     def train(self, steps: int, on_step: Callable[[StepMetrics], None] | None = None) -> list[StepMetrics]:
         """Run until `steps` steps are done in total (a resumed run continues from its checkpoint)."""
+        self._final_step = steps - 1  # evaluated whether or not it falls on evaluation.every
         try:
             while self.step_count < steps:
                 m = self.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from typing import TYPE_CHECKING
@@ -44,7 +45,9 @@ def step_line(m: StepMetrics, total: int) -> str:
         tools = f"  tools {m.tool_calls} ({m.tool_errors} errors)"
     if m.context_overflows:
         tools += f"  context overflows {m.context_overflows}"
-    return (f"step {m.step + 1}/{total}  reward {m.mean_reward:.3f}  pool {m.pool_size}  "
+    held_out = "" if math.isnan(m.test_reward) else f"  held-out {m.test_reward:.3f}"  # the newest prompt's mean
+    eval_time = f" / eval {m.time_eval:.1f}" if m.time_eval else ""
+    return (f"step {m.step + 1}/{total}  reward {m.mean_reward:.3f}{held_out}  pool {m.pool_size}  "
             f"best #{m.best_id} μ {m.best_mu:.2f}±{m.best_sigma:.2f}  skip {m.skip_ratio:.2f}  loss {m.loss:.4g}  "
             f"mutation {m.mutation}{tools}  time {m.time_total:.1f}s "
-            f"(rollout {m.time_rollout:.1f} / update {m.time_update:.1f} / mutation {m.time_mutation:.1f})")
+            f"(rollout {m.time_rollout:.1f} / update {m.time_update:.1f} / mutation {m.time_mutation:.1f}{eval_time})")

@@ -101,6 +101,10 @@ def train(
         raise typer.Exit(130) from None
     console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves",
                   soft_wrap=True)
+    best = trainer.best_record
+    if best is not None:
+        console.print(f"best held-out checkpoint: after step {best['step'] + 1}, {best['prompt']} prompt mean reward "
+                      f"{best['score']:.3f} -> {out / 'best'}", soft_wrap=True, markup=False)
 
 
 def _load_pool(run_dir: Path) -> dict:
@@ -157,7 +161,7 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write PNGs (default RUN_DIR/plots)."),
     top: int = typer.Option(8, "--top", help="Rating curves for this many prompts (best by μ−2σ)."),
 ) -> None:
-    """PNGs: reward per step and rating μ ± σ per prompt over steps."""
+    """PNGs: reward per step, rating μ ± σ per prompt over steps, and the held-out curves (RUN_DIR/evals.jsonl)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,5 +209,34 @@ def plot(
     fig.savefig(out / "ratings.png", dpi=110)
     plt.close(fig)
     written.append(out / "ratings.png")
+
+    from espl.trainer.checkpoint import read_best
+    from espl.trainer.heldout import read_evals
+
+    evals = read_evals(run_dir)
+    if evals:  # held-out curves: mean reward (solid) and pass@k at the largest k (dashed) per evaluated prompt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label in dict.fromkeys(r["prompt"] for r in evals):
+            rows_of = sorted((r for r in evals if r["prompt"] == label and r["mean"] is not None), key=lambda r: r["step"])
+            if not rows_of:
+                continue
+            line, = ax.plot([r["step"] for r in rows_of], [r["mean"] for r in rows_of], marker="o",
+                            label=f"{label}: mean reward")
+            k = max(int(k) for k in rows_of[-1]["pass_at_k"])
+            if k > 1:
+                ax.plot([r["step"] for r in rows_of], [r["pass_at_k"].get(str(k), math.nan) for r in rows_of],
+                        linestyle="--", marker=".", color=line.get_color(), label=f"{label}: pass@{k}")
+        best = read_best(run_dir)
+        if best is not None:
+            ax.axvline(best["step"], color="grey", linestyle=":", label=f"best checkpoint (step {best['step']})")
+        n = evals[-1]["tasks"]
+        ax.set_xlabel("step"), ax.set_ylabel("held-out"), ax.set_title(f"held-out evaluation: {n} test tasks x "
+                                                                       f"{evals[-1]['samples']} samples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "heldout.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "heldout.png")
     for p in written:
         console.print(f"wrote {p}")
