@@ -7,8 +7,11 @@ no prompt on the same weights).
 
 Every mode runs the same B x M x N episodes per step (`rl` repeats its one fixed prompt M times), the same
 steps and seeds; the mutator is the frozen base model. After training each run is evaluated on the first
-`--test-problems` tasks of the env's test split, `--samples` samples each, with its final weights and:
+`--test-problems` tasks of the env's test split, `--samples` samples each, with its final weights, by the
+trainer's own held-out evaluation (trainer/heldout.py: the one after the last step, the same sampling seeds
+for every run and prompt, so outcomes pair task by task), with:
   - deploy prompt: the best-rated prompt by μ − 2σ (espl, evolve) or the fixed prompt (rl);
+  - the newest prompt;
   - no prompt (all modes), so "best evolved vs none" is measured on the same weights.
 Accuracy CIs: Wilson 95 % over the run's problem x sample outcomes; across seeds: mean ± t(0.975, n−1) s/√n.
 Writes RUN_DIR/<mode>-s<seed>/ per run, `results.json`, `table.md` and `modes.png` under --out.
@@ -44,46 +47,35 @@ def seed_ci(values: list[float]) -> tuple[float, float]:
     return m - half, m + half
 
 
-def evaluate(trainer, principles, problems: int, samples: int) -> list[float]:
-    """Per-episode success (reason == "correct") on the test split, current weights."""
-    from espl.trainer.espl import derive_seed
-    from espl.types import SamplingParams
-
-    cfg = trainer.cfg
-    params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-                            seed=derive_seed("eval", cfg.seed))
-    episodes = [trainer._episode(i, principles, derive_seed("eval-episode", i, s)) for i in range(problems) for s in range(samples)]
-    return [1.0 if t.reason == "correct" else 0.0 for t in trainer._rollout(episodes, params, split="test")]
-
-
 def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
     """Train one (mode, seed) run, evaluate its best-rated prompt, its newest prompt and no prompt on its final
-    weights (each distinct prompt once); the result row."""
+    weights (each distinct prompt once: `Trainer.held_out`); the result row."""
+    from espl.trainer import checkpoint as ckpt
     from espl.trainer.espl import TrainConfig, Trainer
 
-    cfg = TrainConfig.from_sources(None, args.overrides, mode=mode, seed=seed, model=args.model, env=args.env)
+    # the held-out set of this benchmark is the trainer's: evaluated after the last step (and every
+    # evaluation.every steps, as any run, unless --set changes it), all three prompts in every mode
+    held_out = [f"evaluation.problems={args.test_problems}", f"evaluation.samples={args.samples}",
+                'evaluation.prompts=["newest", "best", "none"]']
+    cfg = TrainConfig.from_sources(None, held_out + list(args.overrides), mode=mode, seed=seed, model=args.model,
+                                   env=args.env)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, args.out / f"{mode}-s{seed}", resume=True)
-    trainer.train(args.steps - trainer.step_count)
+    run_dir = args.out / f"{mode}-s{seed}"
+    trainer = Trainer(cfg, run_dir, resume=ckpt.exists(run_dir))
+    trainer.train(args.steps)  # until args.steps steps are done in total (a resumed run continues)
     t_train = time.perf_counter() - t0
-    best = trainer.pool.best("exploit") if mode != "rl" else trainer.pool.records[0]
-    newest = trainer.pool.records[-1]
-    cache: dict[tuple, list[float]] = {}
-
-    def acc_of(principles) -> list[float]:
-        key = tuple(principles)
-        if key not in cache:
-            cache[key] = evaluate(trainer, key, args.test_problems, args.samples)
-        return cache[key]
-
-    with_prompt, newest_out, no_prompt = acc_of(best.principles), acc_of(newest.principles), acc_of(())
+    results = {r.prompt: r for r in trainer.held_out()}  # the last step's evaluation, else a fresh one
+    deploy, newest = results["best"], results["newest"]  # in mode rl both are the fixed prompt (pool.records[0])
+    best, newest_rec = trainer.pool.get(deploy.prompt_id), trainer.pool.get(newest.prompt_id)
+    # per-episode success (reward >= 1: a correct answer on the first attempt in espl/Math-v0), task-major
+    with_prompt, newest_out, no_prompt = deploy.successes, newest.successes, results["none"].successes
     return {
         "mode": mode, "seed": seed, "steps": args.steps, "model": args.model, "env": args.env,
         "device": cfg.device, "dtype": cfg.dtype,
         "episodes_per_step": cfg.data.batch_problems * cfg.selection.prompts_per_step * cfg.rollout.rollouts_per_pair,
         "deploy_prompt_id": best.id, "deploy_principles": list(best.principles),
         "deploy_mu": best.mu, "deploy_sigma": best.sigma,
-        "newest_prompt_id": newest.id, "newest_principles": list(newest.principles),
+        "newest_prompt_id": newest_rec.id, "newest_principles": list(newest_rec.principles),
         "acc": statistics.mean(with_prompt), "acc_ci": wilson(sum(with_prompt), len(with_prompt)),
         "acc_newest": statistics.mean(newest_out), "acc_newest_ci": wilson(sum(newest_out), len(newest_out)),
         "acc_no_prompt": statistics.mean(no_prompt), "acc_no_prompt_ci": wilson(sum(no_prompt), len(no_prompt)),
