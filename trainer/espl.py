@@ -617,9 +617,11 @@ class Trainer:
                 f.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in evaluation)
         ckpt.write_json_atomic(self.run_dir / "pool.json", self.pool.to_dict())
         self._tensorboard(m, evaluation)
+        # the best checkpoint before the rolling one: a kill between them leaves the step to be redone (to the
+        # same score, which then does not replace it), never a finished step whose best was not kept
+        self._keep_best(evaluation)
         if self.cfg.output.checkpoint_every and self.step_count % self.cfg.output.checkpoint_every == 0:
             self.save()
-        self._keep_best(evaluation)
 
     def _keep_best(self, evaluation: Sequence[HeldOutResult]) -> None:
         """RUN_DIR/best: the checkpoint after the step whose newest prompt scored the best held-out mean reward
