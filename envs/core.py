@@ -7,8 +7,9 @@ An episode:
     # obs: the env's new messages (feedback, tool results); [] once the episode is over
 
 - The system prompt is an input of the episode (`options["system_prompt"]`), not state of the env, so one
-  env serves every prompt of a population. `options["system_prompt_placement"] = "user"` renders it at the
-  top of the user message instead (the E-SPL reference code's placement).
+  env serves every prompt of a population. `options["system_prompt_placement"] = "user"` puts it into the
+  first user message instead, in the E-SPL reference code's words (`USER_PLACEMENT_TEMPLATE`: the problem
+  first, then the principles); no prompt leaves the raw problem, as the reference's training rollouts do.
 - The action is the assistant's reply: a `str`, or a `Message` dict with role "assistant" (and optional
   `tool_calls`). Anything else raises TypeError. A reply that cannot be parsed is a scored outcome
   (`info["reason"]` says why), never an exception.
@@ -34,6 +35,23 @@ from espl.types import Message
 Split = Literal["train", "test"]
 SPLITS = ("train", "test")
 MAX_REPLY_CHARS = 1_000_000  # longer replies are cut (and flagged in info) before scoring
+
+# The E-SPL reference's user turn (`PROBLEM_WITH_PRINCIPLE_TEMPLATE`, LunjunZhang/E-SPL commit 80d5a4b,
+# tinker_cookbook/recipes/system_prompt_learning_rl.py lines 234-238): the problem first, then the principles.
+# tests/trainer/test_reference_text.py compares it with a verbatim copy of the reference's string.
+USER_PLACEMENT_TEMPLATE = (
+    "Please solve the following problem:\n{problem}\n\n"
+    "When solving problems, you MUST first carefully read and understand the helpful instructions and "
+    "principles below:\n{principles}"
+)
+
+
+def user_placement(problem: str, system_prompt: str | None) -> str:
+    """The first user message with `system_prompt` placed in it as the reference does; the raw problem when
+    there is no prompt (the reference's training rollouts: `... if principles else each["problem"]`)."""
+    if not system_prompt:
+        return problem
+    return USER_PLACEMENT_TEMPLATE.format(problem=problem, principles=system_prompt)
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ class MultiTurnEnv(gym.Env[list, Message]):
 
         first = [cast(Message, dict(m)) for m in self.task_messages(task)]
         if system_prompt and placement == "user":
-            first[0]["content"] = f"{system_prompt}\n\n{first[0]['content']}"
+            first[0]["content"] = user_placement(first[0]["content"] or "", system_prompt)
         elif system_prompt:
             first.insert(0, {"role": "system", "content": system_prompt})
         self.history = list(first)

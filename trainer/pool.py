@@ -77,19 +77,13 @@ def render_principles(principles: Sequence[str]) -> str | None:
     return "\n".join(f"[G{i}]. {p}" for i, p in enumerate(principles))
 
 
-# The reference's user-turn rendering (`PROBLEM_WITH_PRINCIPLE_TEMPLATE`): the env puts the system prompt
-# text above the problem when placement is "user"; this header makes the text read as the reference's did.
-USER_PLACEMENT_HEADER = (
-    "When solving problems, you MUST first carefully read and understand the helpful instructions "
-    "and principles below:\n"
-)
-
-
 def prompt_text(principles: Sequence[str], placement: Placement) -> str | None:
-    body = render_principles(principles)
-    if body is None:
-        return None
-    return USER_PLACEMENT_HEADER + body if placement == "user" else body
+    """The text the env gets as `options["system_prompt"]`: the rendered principles for either placement.
+    With "user" the env wraps them in the reference's user turn (problem first; envs/core.py
+    `USER_PLACEMENT_TEMPLATE`), so the trainer passes the principles alone. (espl-gym before issue 16 put a
+    header and the principles above the problem here; runs made then rendered that older text.)"""
+    del placement  # the env owns how principles and the problem are combined
+    return render_principles(principles)
 
 
 class PromptPool:

@@ -126,12 +126,15 @@ def test_envs_are_reused_across_rollout_calls(smol_policy):
 
 def test_placement_is_a_field_of_the_episode(smol_policy):
     """Issue 12.5: "user" placement (the E-SPL reference's) comes from the Episode, no env wrapper: the prompt
-    opens the first user message; "system" (the default) makes it the system message."""
+    goes into the first user message in the reference's words, after the problem; "system" (the default)
+    makes it the system message."""
     params = SamplingParams(max_new_tokens=4, seed=0)
     user, system = rollout("espl/Math-v0", smol_policy, [Episode(seed=1, system_prompt="Be brief.", placement="user"),
                                                          Episode(seed=1, system_prompt="Be brief.")], params)
-    assert user.messages[0]["role"] == "user" and user.messages[0]["content"].startswith("Be brief.\n\n")
+    from espl.envs.core import USER_PLACEMENT_TEMPLATE
+
     assert not any(m["role"] == "system" for m in user.messages)
     assert system.messages[0] == {"role": "system", "content": "Be brief."}
-    assert system.messages[1]["content"] == user.messages[0]["content"][len("Be brief.\n\n"):]
+    assert user.messages[0] == {"role": "user", "content": USER_PLACEMENT_TEMPLATE.format(
+        problem=system.messages[1]["content"], principles="Be brief.")}
     assert user.env_id == system.env_id == "espl/Math-v0"

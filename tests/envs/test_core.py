@@ -42,7 +42,12 @@ def test_first_observation_has_system_then_user(env):
 
 def test_user_placement_puts_prompt_in_user_turn(env):
     obs, _ = env.reset(seed=5, options={"system_prompt": "Be exact.", "system_prompt_placement": "user"})
-    assert obs == [{"role": "user", "content": "Be exact.\n\nGuess 5"}]
+    # the E-SPL reference's user turn: problem first, then the principles (tests/trainer/test_reference_text.py)
+    assert obs == [{"role": "user", "content": "Please solve the following problem:\nGuess 5\n\nWhen solving problems, "
+                    "you MUST first carefully read and understand the helpful instructions and principles below:\n"
+                    "Be exact."}]
+    obs, _ = env.reset(seed=5, options={"system_prompt": None, "system_prompt_placement": "user"})
+    assert obs == [{"role": "user", "content": "Guess 5"}]  # no prompt: the raw problem, as the reference
 
 
 def test_wrong_then_right_is_multi_turn(env):

@@ -47,7 +47,7 @@ def test_fifo_evicts_oldest_and_ids_are_never_reused():
 def test_render_principles_reference_format():
     assert render_principles([]) is None
     assert render_principles(["a", "b"]) == "[G0]. a\n[G1]. b"
-    assert prompt_text(["a"], "user").endswith("principles below:\n[G0]. a")
+    assert prompt_text(["a"], "user") == "[G0]. a"  # the env wraps it in the reference's user turn
     assert prompt_text(["a"], "system") == "[G0]. a"
 
 
