@@ -145,6 +145,17 @@ class EvalPoint:
     prompt_id: int | None = None
     n: int | None = None
     pass_at_k: tuple[tuple[int, float], ...] = ()
+    ci95: float = math.nan  # half-width of the 95 % interval of the mean
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    """RUN_DIR/best/best.json: the checkpoint kept for the best held-out mean (of `prompt`)."""
+
+    step: int
+    score: float
+    prompt: str
+    prompt_id: int | None
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ class Run:
     evals: tuple[EvalPoint, ...]
     eval_source: str  # "evals.jsonl", "metrics.csv test_reward" or "" (none)
     notes: tuple[str, ...] = ()  # what was missing or skipped while reading
+    best: BestCheckpoint | None = None
 
     @property
     def steps_done(self) -> int:
@@ -382,29 +394,43 @@ def _read_samples(run_dir: Path, notes: list[str]) -> list[Sample]:
 
 
 def _read_evals(run_dir: Path, steps: Sequence[StepRow], notes: list[str]) -> tuple[list[EvalPoint], str]:
-    """Held-out results: RUN_DIR/evals.jsonl (one line per evaluation and prompt kind) when the run wrote it,
-    else the newest prompt's `test_reward` column of metrics.csv."""
+    """Held-out results: RUN_DIR/evals.jsonl (trainer/heldout.py `HeldOutResult.to_json`: one line per evaluation
+    and prompt) when the run wrote it, else the newest prompt's `test_reward` column of metrics.csv."""
     path = run_dir / "evals.jsonl"
     if path.is_file():
         out = []
         for i, d in _jsonl(path, notes):
             try:
-                kind = d.get("kind", d.get("prompt")) if isinstance(d, dict) else None
-                if not isinstance(kind, str):
-                    raise _Bad("field 'kind' (newest / best / none) is missing")
+                if not isinstance(d, dict):
+                    raise _Bad("not a JSON object")
                 passes = d.get("pass_at_k") or {}
                 if not isinstance(passes, dict):
                     raise _Bad("field 'pass_at_k' is not an object")
-                pid = d.get("prompt_id")
-                n = d.get("n")
-                out.append(EvalPoint(_int(d, "step"), kind, _float(d, "mean"),
+                pid, n, ci = d.get("prompt_id"), d.get("n"), d.get("ci95")
+                mean = math.nan if d.get("mean", 0) is None else _float(d, "mean")  # null: nothing was scored
+                out.append(EvalPoint(_int(d, "step"), _str(d, "prompt"), mean,
                                      None if pid is None else int(pid), None if n is None else int(n),
-                                     tuple(sorted((int(k), float(v)) for k, v in passes.items()))))
+                                     tuple(sorted((int(k), float(v)) for k, v in passes.items())),
+                                     math.nan if ci is None else float(ci)))
             except (_Bad, TypeError, ValueError) as exc:
                 notes.append(f"evals.jsonl: line {i} skipped ({exc})")
         return out, "evals.jsonl"
     points = [EvalPoint(r.step, "newest", r.test_reward) for r in steps if not math.isnan(r.test_reward)]
     return points, ("metrics.csv test_reward" if points else "")
+
+
+def _read_best(run_dir: Path, notes: list[str]) -> BestCheckpoint | None:
+    path = run_dir / "best" / "best.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+        pid = d.get("prompt_id") if isinstance(d, dict) else None
+        return BestCheckpoint(_int(d, "step"), _float(d, "score"), _str(d, "prompt", "?"),
+                              None if pid is None else int(pid))
+    except (_Bad, UnicodeDecodeError, ValueError, TypeError) as exc:
+        notes.append(f"best/best.json unreadable ({exc}); the best checkpoint is not shown")
+        return None
 
 
 def _read_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
@@ -433,8 +459,9 @@ def load_run(run_dir: str | Path) -> Run:
     mutations = _read_mutations(path, notes)
     samples = _read_samples(path, notes)
     evals, source = _read_evals(path, steps, notes)
+    best = _read_best(path, notes)
     return Run(path, config, tuple(steps), tuple(prompts), tuple(mutations), tuple(samples), tuple(evals), source,
-               tuple(notes))
+               tuple(notes), best)
 
 
 # ---- a child's change from its parent --------------------------------------------------------------------
@@ -612,7 +639,7 @@ def reward_chart(run: Run) -> Chart:
     """Train mean reward per step, and the held-out means per prompt kind."""
     pts = [(r.step + 1, r.mean_reward) for r in run.steps]
     kinds = sorted({e.kind for e in run.evals}, key=lambda k: ({"newest": 0, "best": 1, "none": 2}.get(k, 3), k))
-    held = {k: [(e.step + 1, e.mean) for e in run.evals if e.kind == k] for k in kinds}
+    held = {k: [(e.step + 1, e.mean) for e in run.evals if e.kind == k and not math.isnan(e.mean)] for k in kinds}
     values = [v for _, v in pts] + [v for ps in held.values() for _, v in ps]
     hi = max([1.0] + values) if values and max(values) > 1 else 1.0
 
