@@ -54,6 +54,8 @@ ESPL_ENVS: tuple[EnvRecord, ...] = (
     EnvRecord("espl/CNMO-v0", "espl.envs.mmath:MMathEnv", {"sources": ("CNMO",)}),
     # GSM8K-style word problems from reasoning-gym's gsm_symbolic generator (offline; split as Math-v0's)
     EnvRecord("espl/GSM-v0", "espl.envs.math:MathEnv", {"tasks": ["gsm_symbolic"]}),
+    # invented-unit conversions whose factor is a seeded fact: the test of E-SPL's premise (issue 16)
+    EnvRecord("espl/Premise-v0", "espl.envs.premise:PremiseEnv", {}),
     EnvRecord("espl/ToolMath-v0", "espl.envs.toolmath:ToolMathEnv", {}),
     EnvRecord("espl/Search-v0", "espl.envs.search:SearchEnv", {}),
     EnvRecord("espl/Code-v0", "espl.envs.code:CodeEnv", {}),
