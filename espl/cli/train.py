@@ -220,8 +220,9 @@ def plot(
             rows_of = sorted((r for r in evals if r["prompt"] == label and r["mean"] is not None), key=lambda r: r["step"])
             if not rows_of:
                 continue
-            line, = ax.plot([r["step"] for r in rows_of], [r["mean"] for r in rows_of], marker="o",
-                            label=f"{label}: mean reward")
+            marker = {"newest": "o", "best": "s", "none": "^"}.get(label, "o")  # equal scores stay visible
+            line, = ax.plot([r["step"] for r in rows_of], [r["mean"] for r in rows_of], marker=marker,
+                            fillstyle="none", markersize=8, label=f"{label}: mean reward")
             k = max(int(k) for k in rows_of[-1]["pass_at_k"])
             if k > 1:
                 ax.plot([r["step"] for r in rows_of], [r["pass_at_k"].get(str(k), math.nan) for r in rows_of],
@@ -230,7 +231,7 @@ def plot(
         if best is not None:
             ax.axvline(best["step"], color="grey", linestyle=":", label=f"best checkpoint (step {best['step']})")
         n = evals[-1]["tasks"]
-        ax.set_xlabel("step"), ax.set_ylabel("held-out"), ax.set_title(f"held-out evaluation: {n} test tasks x "
+        ax.set_xlabel("step"), ax.set_ylabel("held-out reward / pass@k"), ax.set_title(f"held-out evaluation: {n} test tasks x "
                                                                        f"{evals[-1]['samples']} samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
