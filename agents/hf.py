@@ -36,6 +36,7 @@ from espl.agents.errors import AdapterMismatch
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
 from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
+from espl.agents.tool_grammar import HFToolGrammar, ToolSet, trajectory_grammar
 from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
@@ -108,6 +109,8 @@ class HFPolicy:
         self.tokens_generated = 0  # cumulative, across calls
         self.max_context: int | None = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None
         self._json: Any = None  # XGrammarJson, built on the first generate_json call
+        self._tool_grammar: HFToolGrammar | None = None  # built on the first constrained tool call
+        self.grammar_failures = 0  # sampled tokens a tool grammar rejected (should stay 0)
         # transformers renamed forward's `past_key_values` to `cache` (the old name is deprecated): the
         # installed version's name, read once from the model class (a transformers API, not a policy's)
         import inspect
@@ -224,9 +227,51 @@ class HFPolicy:
         if temperature != 1.0:
             logits = logits / temperature
         targets = ids[:, start + 1:]
-        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        lse = torch.logsumexp(logits, dim=-1)
+        constrained = self._grammar_masks(trajectories, start)
+        if constrained is not None:
+            # replies sampled under a tool grammar: their normaliser is over the tokens the grammar allowed
+            # (the masks rebuilt by replaying the matcher), so pi_theta is the distribution that sampled
+            rows, pos, add = (x.to(logits.device) for x in constrained)
+            masked = logits[rows, pos] + add
+            lse = lse.index_put((rows, pos), torch.logsumexp(masked, dim=-1))
+        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
         sl = slice(start + 1, None)
         return TrajectoryLogprobs(lp, old[:, sl].to(device), mask[:, sl].to(device), adv[:, sl].to(device))
+
+    def tool_grammar_engine(self) -> HFToolGrammar:
+        """The xgrammar matchers of tool-call grammars over this tokenizer (built once; needs xgrammar)."""
+        if self._tool_grammar is None:
+            self._tool_grammar = HFToolGrammar(self.tokenizer, int(self._lm.config.vocab_size), sorted(self.stop_ids))
+        return self._tool_grammar
+
+    def _grammar_masks(self, trajectories: Sequence[Trajectory], start: int) -> tuple[Any, Any, Any] | None:
+        """(row index, logit index, additive mask [M, vocab]: 0 allowed, -inf not) of every position whose next
+        token was sampled under a tool grammar, rebuilt by replaying the grammar over the recorded tokens.
+        Logit index j predicts token start + 1 + j (see trajectory_logprobs); None when nothing was constrained."""
+        import torch
+
+        records = [(j, rec) for j, t in enumerate(trajectories) if (rec := trajectory_grammar(t)) is not None]
+        if not records:
+            return None
+        g = self.tool_grammar_engine()
+        rows: list[int] = []
+        pos: list[int] = []
+        masks = []
+        for j, rec in records:
+            ids = trajectories[j].token_ids
+            for s, e in rec["spans"]:
+                bits, n = g.replay(ids[s:e], rec["tools"], rec["mode"], bool(rec.get("parallel")))
+                if n:
+                    rows.extend([j] * n)
+                    pos.extend(range(s - 1 - start, s - 1 - start + n))
+                    masks.append(bits)
+        if not rows:
+            return None
+        bitmask = torch.cat(masks)
+        add = torch.zeros((len(rows), g.vocab_size), dtype=torch.float32)
+        g.apply(add, bitmask)
+        return torch.tensor(rows), torch.tensor(pos), add
 
     # ---- JsonPolicy ----------------------------------------------------------------------------------------
     def generate_json(self, conversations: Sequence[Sequence[Message]], params: SamplingParams,
@@ -280,7 +325,10 @@ class HFPolicy:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         rendered = [self.renderer.start(conv, tools) for conv in conversations]
-        return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered], seeds=seeds)
+        row_tools = ([ToolSet(list(tools), params.parallel_tool_calls)] * len(rendered)
+                     if tools and params.tool_grammar != "off" else None)
+        return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered], seeds=seeds,
+                                    tools=row_tools)
 
     def generate_tokens(
         self,
@@ -288,6 +336,7 @@ class HFPolicy:
         params: SamplingParams,
         prompt_texts: Sequence[str | None] | None = None,
         seeds: Sequence[int] | None = None,
+        tools: Sequence[ToolSet | None] | None = None,
     ) -> list[Completion]:
         """Continue each prompt (token ids). One `Completion` per prompt, in order.
 
@@ -295,6 +344,10 @@ class HFPolicy:
         row's tokens depend on its seed alone, not on which other prompts share the batch (what makes
         rollouts split across workers reproduce a local run). Without `seeds`, row i's seed is derived from
         `params.seed` and i.
+
+        `tools`: one `ToolSet` (or None) per prompt. With `params.tool_grammar` "required"/"auto", a row with
+        tools is decoded under the tool-call grammar of agents/tool_grammar.py (its logits masked to what the
+        grammar allows before sampling; its log-probs those of the masked, renormalised distribution).
         """
         import torch
 
@@ -302,6 +355,10 @@ class HFPolicy:
             raise ValueError("prompt_texts: must have one entry per prompt")
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError("seeds: must have one entry per prompt")
+        if tools is not None and len(tools) != len(prompts):
+            raise ValueError("tools: must have one entry (a ToolSet or None) per prompt")
+        row_tools: list[ToolSet | None] = (list(tools) if tools is not None and params.tool_grammar != "off"
+                                           else [None] * len(prompts))
         stats = GenerationStats()
         t0 = time.perf_counter()
         if seeds is None:
@@ -323,7 +380,8 @@ class HFPolicy:
             for start in range(0, len(fits), self.max_batch):
                 rows = fits[start:start + self.max_batch]
                 chunk = [tuple(int(t) for t in prompts[i]) for i in rows]
-                done.update(zip(rows, self._generate_chunk(chunk, params, [gens[i] for i in rows], stats)))
+                done.update(zip(rows, self._generate_chunk(chunk, params, [gens[i] for i in rows], stats,
+                                                           [row_tools[i] for i in rows])))
             out = [done[i] for i in range(len(prompts))]
         finally:
             if was_training:
@@ -398,7 +456,7 @@ class HFPolicy:
         return out.logits[:, -1, :].float()
 
     def _generate_chunk(self, prompts: list[tuple[int, ...]], params: SamplingParams, gens: list[Any],
-                        stats: GenerationStats) -> list[Completion]:
+                        stats: GenerationStats, row_tools: list[ToolSet | None]) -> list[Completion]:
         import torch
         from transformers import DynamicCache
 
@@ -439,13 +497,32 @@ class HFPolicy:
             finish: list[str] = ["length"] * n
             stop_texts: list[str | None] = [None] * n
             stop_ids = torch.tensor(sorted(self.stop_ids), device=dev)
+            # one grammar matcher per constrained row (None: unconstrained, or its grammar was left, see below)
+            grammar = self.tool_grammar_engine() if any(row_tools) else None
+            matchers: list[Any] = [None if rt is None or grammar is None else
+                                   grammar.matcher(rt.tools, params.tool_grammar, rt.parallel) for rt in row_tools]
+            bitmask: Any = grammar.allocate(n) if grammar is not None else None
             for step in range(budget):
+                if grammar is not None and any(matchers[i] is not None for i in alive):
+                    bitmask.fill_(-1)  # all allowed, except in the rows a matcher fills
+                    for row, i in enumerate(alive):
+                        if matchers[i] is not None and not matchers[i].is_terminated():
+                            matchers[i].fill_next_token_bitmask(bitmask, row)
+                    grammar.apply(logits, bitmask[: len(alive)])
                 tok, lp = _sample(logits, params, [gens[i] for i in alive])
                 tok_l, lp_l = tok.tolist(), lp.tolist()
                 keep = []
                 for row, (i, t, lp_i) in enumerate(zip(alive, tok_l, lp_l)):
                     gen_ids[i].append(t)
                     gen_lps[i].append(lp_i)
+                    m = matchers[i]
+                    if m is not None and not m.is_terminated() and not m.accept_token(t):
+                        # masked sampling cannot draw a rejected token; if it ever does, the row leaves the
+                        # grammar here (the trainer's replay does the same) and its reply is scored as it is
+                        matchers[i] = None
+                        self.grammar_failures += 1
+                        log.warning("tool grammar: row %d sampled token %d its grammar rejects; the rest of the "
+                                    "reply is unconstrained", i, t)
                     if t in self.stop_ids:
                         finish[i] = "stop"
                         continue

@@ -81,4 +81,5 @@ def llamacpp_policy(model: str, *, threads: int = 1, parallel: int = 4, ctx_per_
     policy = OpenAIPolicy(server.url, model=spec.name, max_concurrency=parallel, timeout_s=600.0,
                           tool_format=tool_format)  # type: ignore[arg-type]
     policy.owned_server = server
+    policy.grammar_dialect = "llguidance"  # the packaged llama.cpp reads llguidance grammars (tool_grammar)
     return policy

@@ -12,6 +12,10 @@
 - Sampling: temperature, top_p, max_tokens, stop, and a seed per conversation derived from `params.seed`
   (the same seed for every conversation would make N rollouts of one problem identical).
 - No token ids: the server tokenises, so the trajectory's token fields stay empty (not trainable).
+- `params.tool_grammar` (agents/tool_grammar.py): a llama.cpp server this process started (`grammar_dialect
+  = "llguidance"`, set by agents/llamacpp.py) gets the tool-call grammar as its `grammar` field, in both modes;
+  any other server gets "required" as `response_format` json_schema (the reply is then a bare JSON call, which
+  the envs read too); "auto" there is refused (ValueError): one JSON schema cannot also admit free text.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ class OpenAIPolicy:
         self.tokens_generated = 0  # completion tokens reported by the server, cumulative
         self._lock = threading.Lock()
         self.owned_server: Any = None  # a server this policy started (agents/llamacpp.py): stopped by close()
+        # "llguidance": the server takes a llguidance `grammar` (the packaged llama.cpp); None: response_format only
+        self.grammar_dialect: str | None = None
 
     def policy_spec(self, device: str | None = None) -> "PolicySpec":
         """The `PolicySpec` that rebuilds this client elsewhere (a Ray worker); the key is not carried (workers
@@ -127,6 +133,9 @@ class OpenAIPolicy:
             raise ValueError("response_formats: must have one entry per conversation")
         if not convs:
             return []
+        if tools and params.tool_grammar == "auto" and self.grammar_dialect is None and response_formats is None:
+            raise ValueError("tool_grammar: 'auto' needs a server that takes a grammar (backend llamacpp); an "
+                             "OpenAI-compatible server takes one JSON schema per request: use 'required'")
         results: list[Completion | None] = [None] * len(convs)
         errors: list[str | None] = [None] * len(convs)
         kinds: list[Any] = [None] * len(convs)
@@ -165,7 +174,18 @@ class OpenAIPolicy:
             req["stop"] = list(params.stop)
         if response_format is not None:
             req["response_format"] = response_format
-        if tools and self.tool_format == "native":
+        elif tools and params.tool_grammar != "off":
+            from espl.agents import tool_grammar
+
+            if self.grammar_dialect == "llguidance":
+                req["extra_body"] = {"grammar": tool_grammar.llguidance_grammar(tools, params.tool_grammar,
+                                                                                params.parallel_tool_calls)}
+            else:
+                req["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "tool_call", "schema": tool_grammar.call_schema(tools, params.parallel_tool_calls)}}
+        # a grammar of our own replaces the server's native tool handling (llama.cpp refuses both at once):
+        # the tools are then described in the prompt, Hermes-style, as the grammar's blocks are
+        if tools and self.tool_format == "native" and "extra_body" not in req:
             req["tools"] = list(tools)
         elif tools:
             from espl.envs.tools import hermes_tools_prompt

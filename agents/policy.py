@@ -85,6 +85,7 @@ class TokenPolicy(Policy, Protocol):
         params: SamplingParams,
         prompt_texts: Sequence[str | None] | None = None,
         seeds: Sequence[int] | None = None,  # one sampling seed per prompt (row draws independent of the batch)
+        tools: Sequence[Any] | None = None,  # one ToolSet | None per prompt: decoded under params.tool_grammar
     ) -> list[Completion]: ...
 
 

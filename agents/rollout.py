@@ -82,6 +82,8 @@ class _Live:
     history: list[Message]
     task_id: str
     tools: list[dict] | None
+    parallel_calls: bool = False  # the env allows parallel calls in one reply (the tool grammar's list form)
+    grammar_spans: list[list[int]] = field(default_factory=list)  # token ranges decoded under the tool grammar
     prompt_ids: list[int] = field(default_factory=list)  # the next prompt (token-exact path)
     ids: list[int] = field(default_factory=list)  # everything so far
     mask: list[int] = field(default_factory=list)
@@ -229,8 +231,9 @@ def rollout(
                     options["system_prompt_placement"] = ep.placement
                 obs, info = e.reset(seed=ep.seed, options=options)
                 tools = getattr(e.unwrapped, "tools", None) or None
+                parallel = bool(getattr(e.unwrapped, "parallel_tool_calls", False))
                 st.env_s += time.perf_counter() - t0
-                lv = _Live(idx, ep, e, list(obs), str(info.get("task_id", "")), tools)
+                lv = _Live(idx, ep, e, list(obs), str(info.get("task_id", "")), tools, parallel)
                 if isinstance(policy, TokenPolicy):
                     t0 = time.perf_counter()
                     r = policy.renderer.start(lv.history, tools)
@@ -245,14 +248,21 @@ def rollout(
             st.rounds += 1
             st.batch_sizes.append(len(live))
             completions = _generate(policy, live, rparams, token_exact, st)
+            constrained = params.tool_grammar != "off" and token_exact
 
             still: list[_Live] = []
             for lv, comp in zip(live, completions):
+                if constrained and lv.tools and comp.token_ids:
+                    lv.grammar_spans.append([len(lv.ids), len(lv.ids) + len(comp.token_ids)])
                 finished = _advance(lv, comp, policy, token_exact, st)
                 if finished is None:
                     still.append(lv)
                     continue
-                done[lv.index] = finished(env_id or "")
+                traj = finished(env_id or "")
+                if lv.grammar_spans:
+                    traj.tool_grammar = {"mode": params.tool_grammar, "parallel": lv.parallel_calls,
+                                         "tools": lv.tools, "spans": lv.grammar_spans}
+                done[lv.index] = traj
                 free_envs.append(lv.env)
                 if progress is not None:
                     progress(len(done), len(episodes))
@@ -280,18 +290,26 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
     before = policy.tokens_generated
     if isinstance(policy, TokenPolicy):
         seeds = [mix_seed(_stream(lv), lv.turns) for lv in live]  # per episode and turn
-        comps = policy.generate_tokens([lv.prompt_ids for lv in live], params,
-                                       [lv.rendered_prompt if lv.turns == 0 else None for lv in live], seeds=seeds)
+        texts = [lv.rendered_prompt if lv.turns == 0 else None for lv in live]
+        if params.tool_grammar != "off":
+            from espl.agents.tool_grammar import ToolSet
+
+            row_tools = [ToolSet(lv.tools, lv.parallel_calls) if lv.tools else None for lv in live]
+            comps = policy.generate_tokens([lv.prompt_ids for lv in live], params, texts, seeds=seeds, tools=row_tools)
+        else:
+            comps = policy.generate_tokens([lv.prompt_ids for lv in live], params, texts, seeds=seeds)
     else:
         # text backends take tools per call: batch the episodes that share a tool set together
         comps_by_index: dict[int, Completion] = {}
         groups: dict[str, list[int]] = {}
         for i, lv in enumerate(live):
-            groups.setdefault(repr(lv.tools), []).append(i)
+            groups.setdefault(repr((lv.tools, lv.parallel_calls)), []).append(i)
         for members in groups.values():
             tools = live[members[0]].tools
+            # the tool grammar's list form for parallel calls is a request setting (as OpenAI's own)
+            gparams = replace(params, parallel_tool_calls=True) if live[members[0]].parallel_calls else params
             # seeds per episode and turn, as above: independent of the batch
-            got = policy.generate([live[i].history for i in members], params, tools=tools,
+            got = policy.generate([live[i].history for i in members], gparams, tools=tools,
                                   seeds=[mix_seed(_stream(live[i]), live[i].turns) for i in members])
             for i, c in zip(members, got):
                 comps_by_index[i] = c

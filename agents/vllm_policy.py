@@ -148,7 +148,10 @@ class VLLMPolicy:
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                         prompt_texts: Sequence[str | None] | None = None,
-                        seeds: Sequence[int] | None = None) -> list[Completion]:
+                        seeds: Sequence[int] | None = None, tools: Sequence[Any] | None = None) -> list[Completion]:
+        if params.tool_grammar != "off":
+            raise ValueError("tool_grammar: the vllm backend does not decode under the tool-call grammar (its log-probs "
+                             "would not be the trainer's); use backend hf, or llamacpp/openai for evaluation")
         from vllm import SamplingParams as VSP
 
         try:

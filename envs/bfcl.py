@@ -282,6 +282,9 @@ class BFCLEnv(MultiTurnEnv):
         self.items = [lst[i] for i in range(max(map(len, per_category))) for lst in per_category if i < len(lst)]
         self.describe_tools_in_prompt = bool(describe_tools_in_prompt)
         self.tools: list[dict[str, Any]] = []
+        # the item expects several calls in one reply (BFCL's parallel categories): a tool-call grammar
+        # (agents/tool_grammar.py) then admits a JSON list of calls in the reply's block
+        self.parallel_tool_calls = False
 
     def make_task(self, index: int) -> Task:
         item = self.items[index % len(self.items)]
@@ -299,6 +302,7 @@ class BFCLEnv(MultiTurnEnv):
         obs, info = super().reset(seed=seed, options=options)
         assert self.task is not None
         self.tools = bfcl_tools(self.task.data["functions"])
+        self.parallel_tool_calls = "parallel" in self.task.data["category"]
         info.update(bfcl_id=self.task.id, bfcl_category=self.task.data["category"])
         return obs, info
 

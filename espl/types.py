@@ -48,8 +48,16 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # "off" | "required" | "auto": decode tool calls under a grammar built from the env's tool schemas
+    # (agents/tool_grammar.py); rows without tools are never constrained
+    tool_grammar: str = "off"
+    # with the tool grammar: the reply may hold several calls (a JSON list in its block), as OpenAI's request
+    # setting of that name; the rollout sets it per env (`parallel_tool_calls` of the env, e.g. BFCL's parallel)
+    parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
+        if self.tool_grammar not in ("off", "required", "auto"):
+            raise ValueError(f"tool_grammar: must be off, required or auto, got {self.tool_grammar!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -108,6 +116,10 @@ class Trajectory:
     mask: list[int] = field(default_factory=list)
     rendered_prompt: str | None = None  # the first prompt exactly as rendered for the model
     info: dict[str, Any] = field(default_factory=dict)
+    # replies decoded under a tool-call grammar (agents/tool_grammar.py): {"mode", "parallel", "tools", "spans":
+    # [[start, end], ...] token ranges of the constrained replies}, what the trainer replays to rebuild the
+    # sampling masks; None when no reply was constrained
+    tool_grammar: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -151,7 +151,9 @@ class SelectionConfig(_Section):
     prompts_per_step: int = opt(2, "M, prompts per step [ref: 3]", ge=1)
     choose_from_newest: int = opt(5, "K, prompts are chosen from the K newest", ge=1)
     strategy: Literal["uniform", "ucb", "lucb", "softmax"] = opt("uniform", "how the M prompts are chosen")
-    placement: Literal["system", "user"] = opt("system", "where the principles go [ref: user, atop the user turn]")
+    placement: Literal["system", "user"] = opt(
+        "system", "where the principles go: the system message, or the user turn in the reference's words "
+                  "('Please solve the following problem: ...', problem first) [ref: user]")
     fixed_principles: tuple[str, ...] = opt((), "the root prompt (the only one in mode rl); a string is one principle")
 
 
@@ -162,6 +164,8 @@ class RolloutConfig(_Section):
     temperature: float = opt(0.7, "sampling temperature (0: greedy)", ge=0.0)
     top_p: float = opt(0.95, "nucleus sampling mass", gt=0.0, le=1.0)
     max_new_tokens: int = opt(96, "tokens per reply turn [ref: 15000]", ge=1)
+    tool_grammar: Literal["off", "required", "auto"] = opt(
+        "off", "tool calls decoded under a grammar of the env's tools; log-probs under the same masks (docs/tools.md)")
 
 
 @dataclass(frozen=True)
@@ -218,13 +222,17 @@ class MutatorConfig(_Section):
     model: str = opt("", "the mutator's model (endpoint model name, or another local model); empty: the policy's")
     threads: int = opt(1, "CPU threads the mutator takes (llama.cpp server, or torch threads beside the update)", ge=0)
     max_ops_per_problem: int = opt(2, "operations per critique [ref: max_update_operations 2]", ge=1)
-    max_principle_words: int = opt(32, "words per principle", ge=1)
-    max_principles: int = opt(24, "principles per prompt", ge=1)
+    max_principle_words: int = opt(32, "words per principle of the child (a critique's may be longer: the revision "
+                                       "shortens them) [ref: 32, stated in the revision prompt]", ge=1)
+    max_principles: int = opt(24, "principles per prompt; a longer child is rejected; 0: no cap [ref: 0]", ge=0)
     sigma: float = opt(1.0, "a mutated child's sigma' = sqrt(sigma^2 + this^2) [paper §3]", ge=0.0)
     constrained: bool = opt(True, "grammar-constrained JSON operations where the backend supports them")
-    summary_tokens: int = opt(96, "token budget of each trajectory summary", ge=1)
-    critique_tokens: int = opt(160, "token budget of each critique", ge=1)
-    revision_tokens: int = opt(192, "token budget of the revision plan", ge=1)
+    reflection: Literal["json_only", "reason_then_json"] = opt(
+        "json_only", "constrained calls: json_only (the operations alone; tiny models) or reason_then_json (an "
+                     "'analysis' field first, then the operations) [ref: reason first, then JSON]")
+    summary_tokens: int = opt(96, "token budget of each trajectory summary [ref: 15000]", ge=1)
+    critique_tokens: int = opt(160, "token budget of each critique [ref: 15000]", ge=1)
+    revision_tokens: int = opt(192, "token budget of the revision plan [ref: 15000]", ge=1)
     overlap: bool = opt(True, "run the mutator alongside the RL update (needs a separate mutator model)")
 
 
@@ -233,7 +241,7 @@ class CrossoverConfig(_Section):
     SECTION = "crossover"
     prob: float = opt(0.0, "probability of a crossover each step (reference default: off)", ge=0.0, le=1.0)
     sigma: float = opt(1.0, "a crossover child's extra sigma", ge=0.0)
-    tokens: int = opt(192, "token budget of the crossover reply", ge=1)
+    tokens: int = opt(192, "token budget of the crossover reply [ref: 15000]", ge=1)
 
 
 @dataclass(frozen=True)
@@ -461,15 +469,22 @@ class TrainConfig:
             max_principles=m.max_principles, summary_tokens=m.summary_tokens, critique_tokens=m.critique_tokens,
             revision_tokens=m.revision_tokens, crossover_tokens=self.crossover.tokens,
             temperature=self.rollout.temperature, top_p=self.rollout.top_p, constrained=m.constrained,
+            reflection=m.reflection,
         )
 
     # -- building --
     @classmethod
     def paper(cls, **overrides: Any) -> "TrainConfig":
-        """The reference code's constants (GPU/Tinker scale); `overrides` as dotted keys."""
+        """The reference code's configuration (GPU/Tinker scale); `overrides` as dotted keys. Every mutator call
+        samples with the rollouts' parameters there (max_tokens 15000, T 0.7, top-p 0.95); it reasons before its
+        JSON; there is no cap on principles; the newest prompt is evaluated after every step with 10 samples
+        per task (`evaluation.problems`, the reference's whole test set, depends on the env: set it)."""
         ref = {"data.batch_problems": 10, "selection.prompts_per_step": 3, "rollout.rollouts_per_pair": 5,
                "rollout.max_new_tokens": 15000, "lora.rank": 32, "optimizer.learning_rate": 4e-5,
-               "selection.placement": "user", "data.train_problems": 256}
+               "selection.placement": "user", "data.train_problems": 256,
+               "mutator.summary_tokens": 15000, "mutator.critique_tokens": 15000, "mutator.revision_tokens": 15000,
+               "crossover.tokens": 15000, "mutator.reflection": "reason_then_json", "mutator.max_principles": 0,
+               "evaluation.every": 1, "evaluation.samples": 10, "evaluation.prompts": ["newest"]}
         return cls.from_dict({**ref, **overrides})
 
     @classmethod

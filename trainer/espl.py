@@ -402,7 +402,8 @@ class Trainer:
         cfg = self.cfg
         shape = (len(selected), len(problems), cfg.rollout.rollouts_per_pair)
         params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "rollout", step))
+                                max_new_tokens=cfg.rollout.max_new_tokens, seed=derive_seed(cfg.seed, "rollout", step),
+                                tool_grammar=cfg.rollout.tool_grammar)
         episodes = [self._episode(problems[b], selected[m].principles, derive_seed(cfg.seed, "episode", step, m, b, n))
                     for m, b, n in StepBatch.order(shape)]
         return StepBatch(tuple(selected), tuple(problems), tuple(self._rollout(episodes, params)), shape)
@@ -577,7 +578,8 @@ class Trainer:
         problems = cfg.evaluation.problems if problems is None else problems
         samples = cfg.evaluation.samples if samples is None else samples
         params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                max_new_tokens=cfg.rollout.max_new_tokens, seed=PARAMS_SEED)
+                                max_new_tokens=cfg.rollout.max_new_tokens, seed=PARAMS_SEED,
+                                tool_grammar=cfg.rollout.tool_grammar)
         episodes = [self._episode(i, principles, sample_seed(i, s)) for i in range(problems) for s in range(samples)]
         trajs = self._rollout(episodes, params, split)
         return tuple(tuple(float(t.reward) for t in trajs[i * samples : (i + 1) * samples]) for i in range(problems))

@@ -74,6 +74,9 @@ def eval_command(
     temperature: float = typer.Option(0.7, "--temperature"),
     top_p: float = typer.Option(0.95, "--top-p"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Token budget per reply."),
+    tool_grammar: str = typer.Option("off", "--tool-grammar",
+                                     help="off | required | auto: decode tool calls under a grammar of the env's "
+                                          "tools (docs/tools.md)."),
     env_arg: List[str] = typer.Option([], "--env-arg", help="Env keyword argument KEY=VALUE (repeatable)."),
     base_url: Optional[str] = typer.Option(None, "--base-url",
                                            help="An OpenAI-compatible server (vLLM, llama.cpp, hosted API)."),
@@ -121,7 +124,8 @@ def eval_command(
 
     prompt = read_prompt(system_prompt)
     try:
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                tool_grammar=tool_grammar)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     policy_spec = _policy_spec(model, base_url, llamacpp, device, api_key, tool_format, threads, max_batch)
