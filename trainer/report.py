@@ -27,12 +27,13 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 MAX_TEXT = 4000  # characters of one message or mutator call shown; the rest is counted, not shown
+MAX_CALL_STEPS = 20  # steps whose mutator prompts and replies are shown (the latest); mutations.jsonl has all
 MAX_CHART_PROMPTS = 10  # rating and score charts: the best prompts by μ − 2σ (the tables list them all)
 PALETTE = ("#3b5bdb", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599", "#f08c00", "#5c940d", "#862e9c",
            "#495057")
@@ -115,6 +116,11 @@ class MutationRecord:
     @property
     def rejected_total(self) -> int:
         return sum(n for _, n in self.rejected)
+
+    @property
+    def all_calls(self) -> tuple[LLMCall, ...]:
+        """The mutation's LLM calls, then the crossover's."""
+        return self.calls + (self.crossover.calls if self.crossover is not None else ())
 
 
 @dataclass(frozen=True)
@@ -733,15 +739,35 @@ def score_chart(run: Run) -> Chart:
 
 @dataclass(frozen=True)
 class TreeNode:
+    """One prompt of the lineage, in depth-first order: `depth` is its distance from its root."""
+
     prompt: Prompt
-    changes: tuple[Change, ...]
+    depth: int
+    changes: tuple[Change, ...]  # from `parent`
     parent: Prompt | None  # the one the diff is against (a crossover's set A)
-    children: tuple["TreeNode", ...] = ()
     missing_parent: int | None = None  # a parent id that pool.json does not hold
+    origins: dict[int, tuple[int, int]] = field(default_factory=dict)  # crossover: added child index -> (id, Gi)
+    n_children: int = 0
+
+
+def crossover_origins(changes: Sequence[Change], others: Sequence[Prompt]) -> dict[int, tuple[int, int]]:
+    """For a crossover child: which other parent each added principle came from (the principle of another
+    parent that it keeps the largest share of, at least `SIMILAR`), as (prompt id, principle index)."""
+    out = {}
+    for c in changes:
+        if c.kind != "added" or c.child is None:
+            continue
+        scored = [(_coverage(text, c.text), -o.id, -i, o.id, i) for o in others for i, text in enumerate(o.principles)]
+        best = max(scored, default=None)
+        if best is not None and best[0] >= SIMILAR:
+            out[c.child] = (best[3], best[4])
+    return out
 
 
 def lineage(run: Run) -> tuple[TreeNode, ...]:
-    """The lineage forest: each prompt under its first parent (a crossover child under its set A)."""
+    """The lineage forest, flat in depth-first order: each prompt under its first parent (a crossover child
+    under its set A), children oldest first. Flat (an explicit stack, no recursion), because a long run's
+    lineage can be a chain of hundreds of children."""
     by_id = {p.id: p for p in run.prompts}
     kids: dict[int, list[Prompt]] = {}
     roots = []
@@ -751,15 +777,26 @@ def lineage(run: Run) -> tuple[TreeNode, ...]:
             kids.setdefault(first, []).append(p)
         else:
             roots.append(p)
-
-    def node(p: Prompt, depth: int = 0) -> TreeNode:
-        parent = by_id.get(p.parents[0]) if p.parents else None
-        changes = principle_diff(parent.principles, p.principles) if parent is not None else ()
-        missing = p.parents[0] if p.parents and parent is None else None
-        children = tuple(node(c, depth + 1) for c in kids.get(p.id, ())) if depth < 200 else ()
-        return TreeNode(p, changes, parent, children, missing)
-
-    return tuple(node(p) for p in roots)
+    out: list[TreeNode] = []
+    seen: set[int] = set()
+    # a parent cycle (only a hand-edited pool.json has one) is unreachable from the roots: shown as roots too
+    for top in roots + [p for p in run.prompts if p not in roots]:
+        stack = [(top, 0)]
+        while stack:
+            p, depth = stack.pop()
+            if p.id in seen:
+                continue
+            seen.add(p.id)
+            parent = by_id.get(p.parents[0]) if p.parents and depth > 0 else None
+            changes = principle_diff(parent.principles, p.principles) if parent is not None else ()
+            missing = p.parents[0] if p.parents and p.parents[0] not in by_id else None
+            others = [by_id[q] for q in p.parents[1:] if q in by_id]
+            children = kids.get(p.id, [])
+            out.append(TreeNode(p, depth, changes, parent, missing,
+                                crossover_origins(changes, others) if parent is not None and others else {},
+                                len(children)))
+            stack.extend((c, depth + 1) for c in reversed(children))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -780,14 +817,22 @@ class MutationRow:
     record: MutationRecord | None
     metrics: StepRow | None
     children: tuple[Prompt, ...]  # prompts born this step (mutation and crossover children)
+    show_calls: bool = True  # the mutator's prompts and replies are on the page (the latest steps only)
 
 
 def mutation_rows(run: Run) -> list[MutationRow]:
+    """One row per step. The mutator's calls (up to ~10 prompts and replies a step) are shown for the latest
+    `MAX_CALL_STEPS` steps that made any, so a long run's page stays small; mutations.jsonl keeps them all."""
     by_step_m = {m.step: m for m in run.mutations}
     by_step_s = {r.step: r for r in run.steps}
     steps = sorted(set(by_step_m) | set(by_step_s))
-    return [MutationRow(s, by_step_m.get(s), by_step_s.get(s),
-                        tuple(p for p in run.prompts if p.birth_step == s and p.op in ("mutation", "crossover")))
+    with_calls = [s for s in steps if s in by_step_m and by_step_m[s].all_calls]
+    shown_calls = set(with_calls[-MAX_CALL_STEPS:])
+    born: dict[int, list[Prompt]] = {}
+    for p in run.prompts:
+        if p.op in ("mutation", "crossover"):
+            born.setdefault(p.birth_step, []).append(p)
+    return [MutationRow(s, by_step_m.get(s), by_step_s.get(s), tuple(born.get(s, ())), s in shown_calls)
             for s in steps]
 
 

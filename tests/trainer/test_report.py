@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from espl.cli import app
 from espl.envs.core import MultiTurnEnv, Outcome, Task
 from espl.trainer.pool import PromptPool
-from espl.trainer.report import ReportError, load_run, principle_diff, render_report, write_report
+from espl.trainer.report import ReportError, lineage, load_run, principle_diff, render_report, write_report
 from tests.conftest import require
 from tests.leaderboard.chromium import FLAGS, chromium, screenshot
 
@@ -173,6 +173,45 @@ def test_evals_jsonl_gives_the_held_out_curves(tmp_path):
     assert "after step 1: held-out, no prompt 0.250" in html
 
 
+def test_crossover_child_names_where_its_additions_came_from(tmp_path):
+    run = _write_run(tmp_path / "run", ["Check the units of every quantity."])
+    pool = PromptPool.from_dict(json.loads((run / "pool.json").read_text()))
+    b = pool.add(["Verify the sign of each result before answering."], 24.0, 8.0, [0], "mutation", 0)
+    a = pool.get(1)
+    pool.add([a.principles[0], "Verify the sign of every result before answering.", "Write the answer last."],
+             25.0, 6.0, [a.id, b.id], "crossover", 0)
+    (run / "pool.json").write_text(json.dumps(pool.to_dict()))
+    node = next(n for n in lineage(load_run(run)) if n.prompt.op == "crossover")
+    assert node.parent is not None and node.parent.id == a.id and node.depth == 2
+    assert [c.kind for c in node.changes] == ["kept", "added", "added"]
+    assert node.origins == {1: (b.id, 0)}  # the third is new to both parents
+    html = render_report(load_run(run))
+    assert f"learning from #{b.id}" in html and f"from #{b.id} G0</span>" in html
+
+
+def test_a_long_chain_and_a_cycle_render_flat(tmp_path):
+    """A 600-step run whose lineage is one chain (no recursion limit, indentation capped), a parent cycle
+    from a hand-edited pool.json, and the mutator calls of the latest 20 steps only."""
+    run = _write_run(tmp_path / "run", ["Rule 0 keeps the reply short."])
+    pool = PromptPool.from_dict(json.loads((run / "pool.json").read_text()))
+    for i in range(1, 600):
+        pool.add([f"Rule {i} keeps the reply short."], 25.0, 8.0, [pool.newest.id], "mutation", i)
+    data = pool.to_dict()
+    data["prompts"] += [dict(data["prompts"][-1], id=900, parents=[901]), dict(data["prompts"][-1], id=901, parents=[900])]
+    (run / "pool.json").write_text(json.dumps(data))
+    line = json.loads((run / "mutations.jsonl").read_text())
+    (run / "mutations.jsonl").write_text("".join(json.dumps(dict(line, step=i)) + "\n" for i in range(600)))
+    loaded = load_run(run)
+    tree = lineage(loaded)
+    assert [n.prompt.id for n in tree] == list(range(601)) + [900, 901] and tree[600].depth == 600
+    assert (tree[-2].depth, tree[-1].depth) == (0, 1)  # the cycle: shown, once each
+    assert [c.kind for c in tree[600].changes] == ["modified"]
+    html = render_report(loaded)
+    assert html.count("margin-left: 352px") == 600 - 15  # depth 16 and deeper share one indentation
+    assert html.count("form a cycle in pool.json") == 1
+    assert html.count("<summary>1 calls</summary>") == 20 and html.count("1 calls, in mutations.jsonl") == 580
+
+
 # ---- hostile text stays text ------------------------------------------------------------------------------
 
 EVIL = '<script>alert(1)</script><script>document.title="pwned"</script>'
@@ -296,8 +335,9 @@ def test_report_of_a_real_run(real_run, tmp_path):
     assert sorted(int(i) for i in re.findall(r'<div class="node" data-prompt="(\d+)"', html)) == sorted(prompts)
     for child in children:
         node = html.split(f'<div class="node" data-prompt="{child["id"]}"', 1)[1].split("</ul>", 1)[0]
-        kinds = re.findall(r'<li class="c-(\w+)">', node)
-        assert kinds == _diff_kinds(principle_diff(prompts[child["parents"][0]]["principles"], child["principles"]))
+        kinds = re.findall(r'<(?:li|div) class="c-(\w+)">', node)  # the kept ones folded, after the changes
+        expected = _diff_kinds(principle_diff(prompts[child["parents"][0]]["principles"], child["principles"]))
+        assert kinds == [k for k in expected if k != "kept"] + [k for k in expected if k == "kept"]
         assert f"change from #{child['parents'][0]}" in node
     assert "c-added" in html  # the root's first child adds its principles
     # mutation outcomes: one row per step, the reason of mutations.jsonl
