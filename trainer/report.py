@@ -342,10 +342,11 @@ def _read_metrics(run_dir: Path, notes: list[str]) -> list[StepRow]:
     return rows
 
 
-def _read_mutations(run_dir: Path, notes: list[str]) -> list[MutationRecord]:
+def _read_mutations(run_dir: Path, notes: list[str], mode: Any) -> list[MutationRecord]:
     path = run_dir / "mutations.jsonl"
     if not path.is_file():
-        notes.append("mutations.jsonl missing: no mutation outcomes (a run of mode rl has none)")
+        if mode != "rl":  # mode rl evolves no prompt: nothing is missing
+            notes.append("mutations.jsonl missing: no mutation outcomes")
         return []
     out = []
     for i, d in _jsonl(path, notes):
@@ -462,7 +463,7 @@ def load_run(run_dir: str | Path) -> Run:
     prompts = _read_pool(path, notes)
     config = _read_config(path, notes)
     steps = _read_metrics(path, notes)
-    mutations = _read_mutations(path, notes)
+    mutations = _read_mutations(path, notes, config.get("mode"))
     samples = _read_samples(path, notes)
     evals, source = _read_evals(path, steps, notes)
     best = _read_best(path, notes)

@@ -128,6 +128,8 @@ def test_missing_files_are_notes_and_a_missing_pool_is_one_clear_error(tmp_path)
     loaded = load_run(run)
     assert len(loaded.notes) == 4 and loaded.steps_done == 1  # from the pool's score history
     assert "Lineage" in render_report(loaded)
+    (run / "config.toml").write_text('mode = "rl"\n')  # mode rl writes no mutations.jsonl: not a gap
+    assert not any("mutations.jsonl" in n for n in load_run(run).notes)
 
     with pytest.raises(ReportError, match="does not exist"):
         load_run(tmp_path / "nowhere")
