@@ -71,6 +71,23 @@ def test_held_out_result_statistics():
     assert sample_seed(2, 1) == sample_seed(2, 1) != sample_seed(1, 2)
 
 
+def test_best_checkpoint_is_replaced_atomically_and_read_back_checked(tmp_path, caplog):
+    """save_best writes best/ through a temporary directory; a kill between its two renames leaves best.prev,
+    which read_best uses; a damaged best/ (its sha256 differs) is not trusted."""
+    state = {"step": 2, "pool": {}, "metrics": [], "config": {}}
+    ckpt.save_best(tmp_path, {"step": 1, "score": 0.25}, state, {"w": torch.ones(2)}, None, None)
+    ckpt.save_best(tmp_path, {"step": 3, "score": 0.5}, {**state, "step": 4}, {"w": torch.zeros(2)}, None, None)
+    assert ckpt.read_best(tmp_path) == {"step": 3, "score": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary or previous directory left
+    assert torch.equal(ckpt._load_dir(tmp_path / "best").tensors["w"], torch.zeros(2))
+    (tmp_path / "best").rename(tmp_path / "best.prev")  # as if killed between the two renames of a later save
+    assert ckpt.read_best(tmp_path) == {"step": 3, "score": 0.5}
+    (tmp_path / "best.prev").rename(tmp_path / "best")
+    (tmp_path / "best" / "adapter.safetensors").write_bytes(b"damaged")
+    assert ckpt.read_best(tmp_path) is None and "is damaged" in caplog.text
+    assert ckpt.read_best(tmp_path / "nothing-here") is None
+
+
 # ---- with the real model ----------------------------------------------------------------------------------
 
 
