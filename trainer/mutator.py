@@ -15,7 +15,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import jsonschema
 
@@ -26,6 +26,20 @@ from espl.types import Completion, Message, SamplingParams, Trajectory
 log = logging.getLogger(__name__)
 
 MAX_REPLY_CHARS = 100_000  # longer replies are cut before JSON extraction (a 10 kB reply is fine)
+
+# How a JSON-producing call (critique, revision, crossover) is asked to reply under constrained decoding:
+#   "json_only"        the prompt asks for the operations only and the grammar is the list of operations:
+#                      a tiny model (SmolLM2-135M) cannot reason usefully, and every token it writes outside
+#                      the JSON is a chance to break it;
+#   "reason_then_json" the reference's "reason step by step, then finish with the JSON": the grammar is an
+#                      object whose FIRST field is the free-text "analysis" and whose second is the list of
+#                      operations, so a capable model writes its comparison of correct and wrong rollouts
+#                      before it commits to operations. One call, not a free call then a constrained one: the
+#                      operations are decoded in the same context as the analysis (as in the reference), the
+#                      long prompt is prefilled once, and the calls and their accounting keep their shape.
+# Without a grammar (a backend that has none, or a server that refused the schema) both ask for the reasoning
+# first and a ```json list last, as the reference does; the parser accepts either reply shape.
+Reflection = Literal["json_only", "reason_then_json"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,8 @@ class Mutator(Protocol):
 @dataclass(frozen=True)
 class MutatorSettings:
     max_ops_per_problem: int = 2  # reference max_update_operations
-    max_principle_words: int = 32  # reference: "no more than 32 words"
-    max_principles: int = 24  # a cap so a runaway mutator cannot grow the prompt without bound
+    max_principle_words: int = 32  # reference: "no more than 32 words", enforced on the final child only
+    max_principles: int = 24  # a cap so a runaway mutator cannot grow the prompt without bound; 0: none (reference)
     summary_tokens: int = 96
     critique_tokens: int = 160
     revision_tokens: int = 192
@@ -90,6 +104,7 @@ class MutatorSettings:
     temperature: float = 0.7
     top_p: float = 0.95
     constrained: bool = True  # grammar-constrained JSON where the backend supports it
+    reflection: Reflection = "json_only"  # see `Reflection`; paper(): "reason_then_json"
 
 
 # ---- prompts (after the reference's templates; ours, not copied) ------------------------------------------
@@ -214,16 +229,28 @@ An empty list is fine when the evidence supports no change."""
 
 JSON_ONLY_FINISH = "Reply with the JSON list of operations only."
 
+ANALYSIS_FINISH = """Reply with one JSON object. Its first field, "analysis", is your reasoning, step by step as described above; its second field, "operations", is the list of operations in the format below:
+```json
+{{"analysis": "your step-by-step reasoning", "operations": {example}}}
+```"""
+
+CRITIQUE_EXAMPLE = '[{"operation": "modify", "modified_from": "G2", "principle": "the modified principle"}, {"operation": "add", "principle": "the new principle"}]'
+REVISION_EXAMPLE = '[{"operation": "modify", "modified_from": "C1", "principle": "the modified principle"}, {"operation": "merge", "merged_from": ["C1", "G3"], "principle": "the merged principle"}]'
+CROSSOVER_EXAMPLE = '[{"operation": "add", "evidence": "B won Q.3 with B.G1", "principle": "the new principle"}, {"operation": "remove", "remove_id": "A.G2", "evidence": "..."}]'
+
 
 def _instruction_text() -> str:
     texts = (SUMMARY_PROMPT, CRITIQUE_PROMPT, CRITIQUE_FINISH, REVISION_PROMPT, REVISION_FINISH, CROSSOVER_HEAD,
-             CROSSOVER_TASK, CROSSOVER_FINISH, JSON_ONLY_FINISH)
+             CROSSOVER_TASK, CROSSOVER_FINISH, JSON_ONLY_FINISH, ANALYSIS_FINISH)
     return "\n".join(re.sub(r"\{\w+\}", " | ", t) for t in texts)  # placeholders break n-grams
 
 
 # ---- JSON operations: schemas, extraction, validation -----------------------------------------------------
 
 _PRINCIPLE = {"type": "string", "minLength": 16, "maxLength": 300}  # 32 words fit; bounds constrained decoding
+# A critique's principle may run over the word limit: the revision step shortens it (the reference states the
+# limit only in the revision prompt); the final child is held to `max_principle_words`.
+_CANDIDATE = {"type": "string", "minLength": 16, "maxLength": 1000}
 
 
 def _id_schema(ids: Sequence[str]) -> dict:
@@ -232,10 +259,10 @@ def _id_schema(ids: Sequence[str]) -> dict:
 
 
 def critique_schema(ids: Sequence[str], max_ops: int) -> dict:
-    add = {"type": "object", "properties": {"operation": {"const": "add"}, "principle": _PRINCIPLE}, "required": ["operation", "principle"]}
+    add = {"type": "object", "properties": {"operation": {"const": "add"}, "principle": _CANDIDATE}, "required": ["operation", "principle"]}
     modify = {
         "type": "object",
-        "properties": {"operation": {"const": "modify"}, "modified_from": _id_schema(ids), "principle": _PRINCIPLE},
+        "properties": {"operation": {"const": "modify"}, "modified_from": _id_schema(ids), "principle": _CANDIDATE},
         "required": ["operation", "modified_from", "principle"],
     }
     return {"type": "array", "items": {"anyOf": [add, modify] if ids else [add]}, "maxItems": max_ops}
@@ -280,16 +307,28 @@ def crossover_schema(ids: Sequence[str]) -> dict:
     return {"type": "array", "items": {"anyOf": [add, modify, remove] if ids else [add]}, "maxItems": 8}
 
 
+def with_analysis(operations_schema: dict) -> dict:
+    """The reply schema of reflection "reason_then_json": {"analysis": free text, "operations": [...]}, the
+    analysis first (xgrammar and llama.cpp emit properties in schema order), so it is written before the
+    operations. No bound on the analysis but the call's token budget."""
+    return {
+        "type": "object",
+        "properties": {"analysis": {"type": "string"}, "operations": operations_schema},
+        "required": ["analysis", "operations"],
+        "additionalProperties": False,
+    }
+
+
 _FENCE = re.compile(r"```\s*json\s*(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
 _LINE_COMMENT = re.compile(r"(?m)\s*(#|//)[^\n\"]*$")
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 
 
 def _json_candidates(text: str) -> list[str]:
-    """Spans that may hold the operations, most likely first: the last ```json block, else the last
-    top-level [...] or {...} of the text."""
+    """Spans that may hold the operations, most likely first: the whole reply (what constrained decoding
+    gives), the last ```json block, else the last top-level [...] or {...} of the text."""
     found = [m.group(1) for m in _FENCE.finditer(text)]
-    candidates = list(reversed(found))
+    candidates = [text] + list(reversed(found))
     for opener, closer in (("[", "]"), ("{", "}")):
         end = text.rfind(closer)
         start = text.rfind(opener, 0, end) if end >= 0 else -1
@@ -311,8 +350,9 @@ def _loads(span: str) -> Any:
 
 
 def extract_json(text: str) -> tuple[list | None, str]:
-    """The list of operations found in a reply (a single object counts as a one-item list), or None and
-    the reason: "empty" (no text) or "json_error" (nothing parsed)."""
+    """The list of operations found in a reply, or None and the reason: "empty" (no text) or "json_error"
+    (nothing parsed). Both reply shapes count: a list of operations, or an object whose "operations" is that
+    list (reflection "reason_then_json", beside its "analysis"); any other single object is a one-item list."""
     text = (text or "")[:MAX_REPLY_CHARS]
     if not text.strip():
         return None, "empty"
@@ -321,6 +361,10 @@ def extract_json(text: str) -> tuple[list | None, str]:
             value = _loads(span.strip())
         except (json.JSONDecodeError, RecursionError, ValueError):
             continue
+        if isinstance(value, dict) and "operations" in value:
+            if not isinstance(value["operations"], list):
+                continue  # {"analysis": ..., "operations": "none"}: not the operations
+            value = value["operations"]
         if isinstance(value, dict):
             value = [value]
         if isinstance(value, list):
@@ -329,7 +373,8 @@ def extract_json(text: str) -> tuple[list | None, str]:
 
 
 def parse_operations(text: str, schema: dict, rejected: Counter) -> list[dict]:
-    """The operations of a reply that satisfy `schema["items"]` (invalid ones counted in `rejected`)."""
+    """The operations of a reply that satisfy `schema["items"]` (invalid ones counted in `rejected`).
+    `schema` is the list-of-operations schema, whichever shape the reply was asked for."""
     ops, reason = extract_json(text)
     if ops is None:
         rejected[reason] += 1
@@ -362,8 +407,9 @@ def _ngrams(text: str) -> set[tuple[str, ...]]:
 
 def prose_problem(text: str) -> str | None:
     """Why `text` cannot be a principle, or None. The rule (ESPL issue 13.6):
-    - "echo": it repeats the mutator's own instructions: five consecutive words of one of its prompts, or it
-      is about editing principles (an editing verb, add/modify/merge/remove/rewrite/update/revise, next to
+    - "echo": it repeats the mutator's own instructions: five consecutive words of one of its prompts, one of
+      the placeholder texts of its JSON examples ("the new principle": SmolLM2 copies the example of the
+      reasoning prompts), or it is about editing principles (an editing verb, add/modify/merge/remove/rewrite/update/revise, next to
       the word "principle"), e.g. "modify this principle", "the merged principle";
     - "not_prose": fewer than three words of two or more letters, or letters and spaces are under half of
       its characters, e.g. "g0.25.25.25.25.25.25".
@@ -374,19 +420,22 @@ def prose_problem(text: str) -> str | None:
         return "not_prose"
     if _ngrams(text) & _INSTRUCTION_NGRAMS or (_EDIT_VERB.search(text) and re.search(r"\bprinciples?\b", text, re.I)):
         return "echo"
+    if " ".join(_WORD.findall(text.casefold())) in _EXAMPLE_VALUES:
+        return "echo"
     return None
 
 
-def clean_principle(text: str, max_words: int, rejected: Counter, prose: bool = True) -> str | None:
-    """One principle normalised to a single line, or None (counted) when empty, too long or (`prose`: for
-    text the mutator wrote) not a principle by `prose_problem`'s rule."""
+def clean_principle(text: str, max_words: int | None, rejected: Counter, prose: bool = True) -> str | None:
+    """One principle normalised to a single line, or None (counted) when empty, over `max_words` (None: no
+    limit, for a critique's candidates, which the revision may still shorten) or (`prose`: for text the
+    mutator wrote) not a principle by `prose_problem`'s rule."""
     text = text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates from JSON "\ud800"
     text = " ".join(_CONTROL.sub(" ", text).split())
     text = _LABEL.sub("", text)  # a model often repeats the "[G3]." label; "1000: numbers..." is kept
     if not text:
         rejected["empty_principle"] += 1
         return None
-    if len(text.split()) > max_words:
+    if max_words is not None and len(text.split()) > max_words:
         rejected["too_long"] += 1
         return None
     problem = prose_problem(text) if prose else None
@@ -419,7 +468,7 @@ def validate_principles(
         out.append(clean)
     if not out:
         return None, "empty"
-    if len(out) > settings.max_principles:
+    if settings.max_principles and len(out) > settings.max_principles:  # 0: no cap, as in the reference
         return None, "too_many_principles"
     if tuple(out) == tuple(parent):
         return None, "unchanged"
@@ -427,6 +476,10 @@ def validate_principles(
 
 
 _INSTRUCTION_NGRAMS = _ngrams(_instruction_text())
+# the quoted placeholder values of the prompts' JSON examples, as words: "the new principle", ...
+_EXAMPLES = (CRITIQUE_FINISH, REVISION_FINISH, CROSSOVER_FINISH, ANALYSIS_FINISH, CRITIQUE_EXAMPLE, REVISION_EXAMPLE,
+             CROSSOVER_EXAMPLE)
+_EXAMPLE_VALUES = {" ".join(_WORD.findall(v.casefold())) for t in _EXAMPLES for v in re.findall(r':\s*"([^"]{12,})"', t)}
 
 
 # ---- constrained decoding --------------------------------------------------------------------------------
@@ -472,12 +525,12 @@ def render_labelled(items: dict[str, str], set_label: str = "") -> str:
 
 
 def render_episode(trajectory: Trajectory) -> str:
-    """The whole episode as text: every message, tool calls and tool results included."""
+    """The whole episode as text: every message, tool calls and tool results included. The system message
+    too: under placement "system" it holds the principles, which the summary prompt asks about (the
+    reference's summariser sees them in the rollout's user turn, where it puts them)."""
     lines = []
     for m in trajectory.messages:
         role = m.get("role", "?")
-        if role == "system":
-            continue  # the principles themselves; the critique shows them separately
         content = m.get("content") or ""
         if m.get("tool_calls"):
             calls = "; ".join(
@@ -505,8 +558,11 @@ class LLMMutator:
     mutate: (a) keep problems whose mean reward is strictly between 0 and 1, (b) summarise each of their
     rollouts, (c) one critique per problem ending in <= max_ops JSON operations, (d) adds become candidates
     C0.., one revision call returns modify/merge operations, (e) renumber G0.. (done by the pool order).
-    With `constrained` and a backend that supports grammars, every JSON-producing call is decoded under the
-    operations' JSON schema (the ids allowed are an enum), and the prompt asks for the JSON only.
+    A critique's principles may exceed `max_principle_words` (the revision shortens them, as in the
+    reference); the word limit holds for the final child. With `constrained` and a backend that supports
+    grammars, every JSON-producing call is decoded under the operations' JSON schema (the ids allowed are an
+    enum): the list alone (`reflection = "json_only"`, the prompt asks for the JSON only) or an object whose
+    first field is the analysis (`"reason_then_json"`, the prompt keeps the reference's reasoning steps).
     """
 
     def __init__(self, policy: Policy, settings: MutatorSettings = MutatorSettings()):
@@ -560,6 +616,18 @@ class LLMMutator:
     def constrained(self) -> bool:
         return self._json is not None
 
+    def _finish(self, reasoned: str, example: str) -> str:
+        """How a JSON-producing prompt ends (see `Reflection`)."""
+        if not self.constrained:
+            return reasoned  # free text: reason first, the ```json list last, as the reference asks
+        if self.settings.reflection == "reason_then_json":
+            return ANALYSIS_FINISH.format(example=example)
+        return JSON_ONLY_FINISH
+
+    def _reply_schema(self, operations: dict) -> dict:
+        """The grammar of a JSON-producing call; replies are parsed against `operations` either way."""
+        return with_analysis(operations) if self.settings.reflection == "reason_then_json" else operations
+
     # -- step 6 --
     def mutate(self, parent: Sequence[str], groups: Sequence[RolloutGroup], seed: int) -> MutationResult:
         rejected: Counter = Counter()
@@ -588,7 +656,7 @@ class LLMMutator:
             per_group[gi].append(f"Trajectory {len(per_group[gi]) + 1} (Answer {verdict(t)}):\n{summary}")
         # (c) one critique per problem
         parent_ids = label(parent)
-        finish = JSON_ONLY_FINISH if self.constrained else CRITIQUE_FINISH
+        finish = self._finish(CRITIQUE_FINISH, CRITIQUE_EXAMPLE)
         schema = critique_schema(list(parent_ids), s.max_ops_per_problem)
         critiques = self._chat_json(
             [
@@ -598,15 +666,16 @@ class LLMMutator:
                 )
                 for g, summ in zip(mixed, per_group)
             ],
-            [schema] * len(mixed), s.critique_tokens, seed + 1, calls,
+            [self._reply_schema(schema)] * len(mixed), s.critique_tokens, seed + 1, calls,
         )
-        # (d) adds become candidates C0.., modifications become suggestions for the revision call
+        # (d) adds become candidates C0.., modifications become suggestions for the revision call; no word
+        # limit yet: shortening them is the revision's job (the reference states the limit only there)
         candidates = dict(parent_ids)
         suggestions: list[dict] = []
         n_added = 0
         for reply in critiques:
             for op in parse_operations(reply, schema, rejected):
-                text = clean_principle(op["principle"], s.max_principle_words, rejected)
+                text = clean_principle(op["principle"], None, rejected)
                 if text is None:
                     continue
                 if op["operation"] == "add":
@@ -623,10 +692,10 @@ class LLMMutator:
                 REVISION_PROMPT.format(
                     max_words=s.max_principle_words, principles=render_labelled(candidates),
                     updates="\n".join(json.dumps(u, ensure_ascii=False) for u in suggestions) or "None",
-                    finish=JSON_ONLY_FINISH if self.constrained else REVISION_FINISH,
+                    finish=self._finish(REVISION_FINISH, REVISION_EXAMPLE),
                 )
             ],
-            [rschema], s.revision_tokens, seed + 2, calls,
+            [self._reply_schema(rschema)], s.revision_tokens, seed + 2, calls,
         )[0]
         next_c = n_added
         for op in parse_operations(plan_reply, rschema, rejected):
@@ -647,7 +716,8 @@ class LLMMutator:
                     del revised[i]
                 revised[f"C{next_c}"] = text
                 next_c += 1
-        # (e) renumbering G0.. happens by order: the child is the list of the revised values
+        # (e) renumbering G0.. happens by order: the child is the list of the revised values; a candidate still
+        # over the word limit after the revision is dropped there (counted "too_long")
         child, reason = validate_principles(list(revised.values()), parent, s, rejected)
         return MutationResult(child, reason, dict(rejected), tuple(calls), self.constrained)
 
@@ -677,10 +747,10 @@ class LLMMutator:
                 prompt += f"Q.{q}: {question.strip()}\n"
                 q += 1
             prompt += "</questions>\n"
-        prompt += "\n" + CROSSOVER_TASK.format(finish=JSON_ONLY_FINISH if self.constrained else CROSSOVER_FINISH)
+        prompt += "\n" + CROSSOVER_TASK.format(finish=self._finish(CROSSOVER_FINISH, CROSSOVER_EXAMPLE))
         a_ids = label(parents[0])
         schema = crossover_schema(list(a_ids))
-        reply = self._chat_json([prompt], [schema], s.crossover_tokens, seed, calls)[0]
+        reply = self._chat_json([prompt], [self._reply_schema(schema)], s.crossover_tokens, seed, calls)[0]
         child = dict(a_ids)
         n_new = len(a_ids)
         for op in parse_operations(reply, schema, rejected):

@@ -53,6 +53,16 @@ def test_paper_constants():
             p.optimizer.learning_rate, p.selection.placement) == (10, 3, 5, 32, 4e-5, "user")
     t = p.trueskill
     assert (t.mu, t.sigma, t.beta, t.tau, t.draw_probability) == (25.0, 25 / 3, 25 / 6, 25 / 300, 0.10)
+    # issue 16: the reference's mutator (every call at max_tokens 15000, reasoning before its JSON, no cap on
+    # principles) and its evaluation (the newest prompt after every step, 10 samples per task)
+    m = p.mutator_settings()
+    assert (m.summary_tokens, m.critique_tokens, m.revision_tokens, m.crossover_tokens) == (15000,) * 4
+    assert (m.reflection, m.max_principles, m.max_principle_words, m.max_ops_per_problem) == ("reason_then_json", 0, 32, 2)
+    assert (m.temperature, m.top_p) == (0.7, 0.95)
+    e = p.evaluation
+    assert (e.every, e.samples, e.prompts) == (1, 10, ("newest",))
+    d = TrainConfig().mutator_settings()  # the CPU default keeps the tiny model's JSON-only path
+    assert (d.reflection, d.max_principles) == ("json_only", 24)
 
 
 def test_batches_cover_each_epoch_once_and_are_stateless():

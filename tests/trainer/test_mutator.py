@@ -315,7 +315,7 @@ def test_prose_rule(text, problem):
 
 
 def test_echoes_and_number_soup_are_counted_not_kept():
-    script = lambda prompt: (json.dumps([{"operation": "add", "principle": "modify this principle"},  # noqa: E731
+    script = lambda prompt: (json.dumps([{"operation": "add", "principle": "modify this principle"},
                                          {"operation": "add", "principle": "g0.25.25.25.25.25.25"}])
                              if "extract generalizable principles" in prompt else "[]" if "revision plan" in prompt
                              else "1. ok")
@@ -344,3 +344,149 @@ def test_crossover_accepts_set_a_ids_without_prefix():
     result = m.crossover([["Check the units.", "Answer last."], ["Estimate first."]], [["q0"], ["q1"]], seed=0)
     assert result.principles == ("Check the units twice.",)  # before: both rejected as unknown_id
     assert result.rejected == {"unknown_id": 1}  # B's id may not edit A
+
+
+# ---- issue 16: the reference's reflection: long critique principles reach the revision; reasoning first --------
+
+LONG = ("When a word problem mixes units such as hours and minutes or meters and kilometers, convert every "
+        "quantity to one unit first, then compute, and check that the final answer carries the unit.")
+SHORT = "Mixed units: convert every quantity to one common unit before computing."
+
+
+def test_a_long_critique_principle_reaches_the_revision_which_shortens_it():
+    assert len(LONG.split()) == 33  # one word over max_principle_words
+    seen: list[str] = []
+    critique = json.dumps([{"operation": "add", "principle": LONG}])
+    revision = json.dumps([{"operation": "modify", "modified_from": "C0", "principle": SHORT}])
+    result = ScriptedMutator(scripted(critique, revision, seen=seen)).mutate(("Read carefully.",), GROUPS, seed=0)
+    assert (result.reason, result.principles, result.rejected) == ("ok", ("Read carefully.", SHORT), {})  # before: no_valid_operations
+    assert f"[C0]. {LONG}" in next(p for p in seen if "final revision plan" in p)
+    # a revision that leaves it long: the final child is held to the limit (counted too_long), the parent kept
+    result = ScriptedMutator(scripted(critique, "[]")).mutate(("Read carefully.",), GROUPS, seed=0)
+    assert (result.principles, result.reason, result.rejected) == (None, "unchanged", {"too_long": 1})
+    # a revision's own principle over the limit is dropped too
+    too_long = json.dumps([{"operation": "modify", "modified_from": "C0", "principle": LONG + " Always."}])
+    result = ScriptedMutator(scripted(critique, too_long)).mutate(("Read carefully.",), GROUPS, seed=0)
+    assert result.principles is None and result.rejected == {"too_long": 2}
+
+
+def test_the_summariser_sees_the_principles_of_a_system_prompt():
+    """Placement "system": the principles are the episode's system message; the summary prompt shows it (the
+    reference's summariser sees them in the user turn, where it puts them)."""
+    seen: list[str] = []
+    ScriptedMutator(scripted("[]", "[]", seen=seen)).mutate(("rule",), GROUPS, seed=0)
+    summaries = [p for p in seen if p.startswith("An agent was given some principles and produced")]
+    assert summaries and all("<trajectory>\n[system] [G0]. rule\n[user] What is 1+2?" in p for p in summaries)
+
+
+def test_max_principles_zero_is_no_cap():
+    many = [f"Rule {i}: check every quantity before answering." for i in range(30)]
+    assert validate_principles(many, (), MutatorSettings(), Counter())[1] == "too_many_principles"  # 24
+    assert validate_principles(many, (), MutatorSettings(max_principles=0), Counter()) == (tuple(many), "ok")
+
+
+def test_extract_json_accepts_both_reply_shapes():
+    ops = [{"operation": "add", "principle": "Check the units first."}]
+    analysis = {"analysis": "Trajectory 2 dropped the units [see G0]; {G1} was not used.", "operations": ops}
+    assert extract_json(json.dumps(analysis)) == (ops, "ok")
+    assert extract_json(json.dumps(ops)) == (ops, "ok")
+    assert extract_json("Reasoning first...\n```json\n" + json.dumps(analysis) + "\n```") == (ops, "ok")
+    assert extract_json('{"analysis": "nothing to change", "operations": []}') == ([], "ok")
+    assert extract_json('{"analysis": "x", "operations": "none"}') == (None, "json_error")
+
+
+class ScriptedJsonLLM:
+    """A scripted fake LLM (not a model) with `JsonPolicy.generate_json`: it records the schema of every
+    constrained call and checks that the scripted reply is one the grammar allows."""
+
+    name = "scripted-json-llm"
+    tokens_generated = 0
+
+    def __init__(self, script):
+        self.script, self.schemas, self.prompts = script, [], []
+
+    def generate(self, conversations, params, tools=None, seeds=None):
+        from espl.types import Completion
+
+        return [Completion(message={"role": "assistant", "content": self.script(c[-1]["content"])}) for c in conversations]
+
+    def generate_json(self, conversations, params, schemas):
+        import jsonschema
+
+        replies = []
+        for conv, schema in zip(conversations, schemas):
+            reply = self.script(conv[-1]["content"])
+            jsonschema.validate(json.loads(reply), schema)
+            self.schemas.append(schema)
+            self.prompts.append(conv[-1]["content"])
+            replies.append(reply)
+        return replies
+
+    def close(self):
+        pass
+
+
+def test_reason_then_json_keeps_the_analysis_and_decodes_it_first():
+    critique_ops = [{"operation": "add", "principle": LONG}]
+    revision_ops = [{"operation": "modify", "modified_from": "C0", "principle": SHORT}]
+    cross_ops = [{"operation": "add", "evidence": "B won Q.1 with B.G0", "principle": "Draw a table of all cases."}]
+
+    def script(prompt, shape):
+        ops = (critique_ops if "extract generalizable principles" in prompt else
+               revision_ops if "final revision plan" in prompt else
+               cross_ops if "Principle Set A is the one to improve" in prompt else None)
+        if ops is None:
+            return "1. computed 1+2\n2. answered"
+        return json.dumps({"analysis": "Trajectory 1 checked its sum; trajectory 2 did not.", "operations": ops}
+                          if shape == "object" else ops)
+
+    for reflection, shape in (("reason_then_json", "object"), ("json_only", "list")):
+        llm = ScriptedJsonLLM(lambda p, shape=shape: script(p, shape))
+        m = LLMMutator(llm, MutatorSettings(reflection=reflection))  # type: ignore[arg-type]
+        assert m.constrained
+        result = m.mutate(("Read carefully.",), GROUPS, seed=0)
+        assert (result.reason, result.principles, result.constrained) == ("ok", ("Read carefully.", SHORT), True)
+        cross = m.crossover([("Read carefully.",), ("Draw a table first.",)], [["Q a"], ["Q b"]], seed=0)
+        assert cross.principles == ("Read carefully.", "Draw a table of all cases.")
+        assert len(llm.schemas) == 3  # critique, revision, crossover: one constrained call each
+        for schema, prompt in zip(llm.schemas, llm.prompts):
+            if reflection == "reason_then_json":
+                assert schema["type"] == "object" and list(schema["properties"]) == ["analysis", "operations"]
+                assert schema["properties"]["operations"]["type"] == "array"
+                assert 'first field, "analysis", is your reasoning' in prompt and "JSON list of operations only" not in prompt
+            else:
+                assert schema["type"] == "array" and "Reply with the JSON list of operations only." in prompt
+                assert '"analysis"' not in prompt
+        critique_prompt = llm.prompts[0]
+        assert "Trajectory analysis" in critique_prompt  # the step-by-step comparison the reference asks for
+
+
+def test_a_copied_example_placeholder_is_an_echo():
+    """SmolLM2 under reason_then_json copies the example ("the new principle"); it is counted, not kept."""
+    from espl.trainer.mutator import prose_problem
+
+    assert prose_problem("the new principle") == prose_problem("Your step-by-step reasoning.") == "echo"
+
+
+def test_reason_then_json_schema_compiles_and_parses_on_smollm2():
+    """One real reflection of the packaged SmolLM2 under xgrammar (HFPolicy.generate_json): the object schema
+    compiles, the analysis comes first, and the reply parses to operations that pass the schema."""
+    pytest.importorskip("xgrammar")
+    import jsonschema
+
+    from espl.agents.hf import HFPolicy
+    from espl.trainer.mutator import critique_schema, with_analysis
+
+    policy = HFPolicy("smollm2-135m")
+    m = LLMMutator(policy, MutatorSettings(reflection="reason_then_json", summary_tokens=8, critique_tokens=160,
+                                           revision_tokens=160))
+    assert m.constrained
+    group = RolloutGroup("What is 12 * 3?", "36", (traj(1.0, "12 * 3 = 36. Answer: 36"), traj(0.0, "12 * 3 = 32. Answer: 32")))
+    result = m.mutate(("Check the units of every quantity.",), [group], seed=0)
+    critique = next(reply for prompt, reply in result.calls if "extract generalizable principles" in prompt)
+    value = json.loads(critique)
+    assert list(value) == ["analysis", "operations"] and isinstance(value["analysis"], str)
+    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2)))
+    schema = critique_schema(["G0"], 2)
+    assert parse_operations(critique, schema, Counter()) == value["operations"][:2]
+    assert result.reason not in ("json_error", "empty") and "json_error" not in result.rejected
