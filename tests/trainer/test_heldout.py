@@ -191,3 +191,15 @@ def test_resume_keeps_the_best_checkpoint_and_redoes_cut_off_evaluations(tmp_pat
         assert (record["step"], record["score"]) == (top["step"], pytest.approx(top["mean"]))
         assert ckpt._load_dir(run / "best").state["step"] == top["step"] + 1
     assert ckpt.read_best(split) == ckpt.read_best(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_rl_mode_evaluates_its_fixed_prompt_only(tmp_path):
+    cfg = tiny_eval(**{"mode": "rl", "selection.fixed_principles": ["Answer in one short sentence."]})
+    trainer = Trainer(cfg, tmp_path / "rl", policy=build_policy(cfg))
+    trainer.train(1)
+    evals = read_evals(tmp_path / "rl")
+    assert [(e["step"], e["prompt"], e["prompt_id"], e["principles"]) for e in evals] == [
+        (0, "newest", 0, ["Answer in one short sentence."])]
+    assert trainer.metrics[0].test_reward == pytest.approx(evals[0]["mean"])
+    assert ckpt.read_best(tmp_path / "rl")["prompt_id"] == 0
