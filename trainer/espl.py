@@ -197,9 +197,16 @@ class StepBatch:
         """The N rollouts of prompt slot m on problem b."""
         return tuple(self.trajectories[self.index(m, b, n)] for n in range(self.shape[2]))
 
-    def first_slot(self) -> dict[int, int]:
-        """Prompt id -> its first slot (a prompt can be selected more than once)."""
-        return {rec.id: i for i, rec in reversed(list(enumerate(self.selected)))}
+    def best_slot(self) -> dict[int, int]:
+        """Prompt id -> its slot with the highest mean reward, the first on a tie (a prompt can be selected more
+        than once). The reference mutates, and crosses over, from the rollouts of that slot: its unique()
+        keeps a program's first index in the score-sorted order."""
+        means = self.rewards.mean(axis=(1, 2))
+        best: dict[int, int] = {}
+        for i, rec in enumerate(self.selected):
+            if rec.id not in best or means[i] > means[best[rec.id]]:
+                best[rec.id] = i
+        return best
 
 
 @dataclass(frozen=True)
@@ -430,7 +437,7 @@ class Trainer:
         crossover. Returns (the job, None) when overlapped, else (None, the result)."""
         cfg, best = self.cfg, match.best
         tasks = [self._env().make_task(p) for p in batch.problems]
-        slot_of = batch.first_slot()
+        slot_of = batch.best_slot()
         groups = [RolloutGroup(tasks[b].prompt, str(tasks[b].answer), batch.group(slot_of[best.id], b))
                   for b in range(len(batch.problems))]
         crossover = (self._crossover_inputs(list(match.distinct), best, batch.rewards, slot_of, tasks)

@@ -144,6 +144,62 @@ def test_crossover_inputs_from_score_matrix():
     assert trainer._crossover_inputs([a, b, c], c, rewards, slot_of, tasks) is None
 
 
+class RecordingMutator:
+    """A stand-in mutator that records what the trainer gives it and makes no child (tests only)."""
+
+    def __init__(self):
+        self.mutated: list = []
+        self.crossed: list = []
+
+    def mutate(self, parent, groups, seed):
+        from espl.trainer.mutator import MutationResult
+
+        self.mutated.append((tuple(parent), list(groups)))
+        return MutationResult(None, "recorded")
+
+    def crossover(self, parents, wins, seed):
+        from espl.trainer.mutator import MutationResult
+
+        self.crossed.append(([tuple(p) for p in parents], [list(w) for w in wins]))
+        return MutationResult(None, "recorded")
+
+    def close(self):
+        pass
+
+
+def test_mutation_and_crossover_use_the_best_slot_of_a_repeated_prompt():
+    """Issue 16: prompt a fills slots 0 and 2; slot 2 scored better, so its rollouts are what the mutator
+    reflects on and what crossover compares (the reference's best slot; before: the first slot)."""
+    import numpy as np
+
+    from espl.trainer.espl import Match, StepBatch
+    from espl.types import Trajectory
+
+    pool = PromptPool(100)
+    a, b = pool.add(("Check the units first.",), 25.0, 8.0), pool.add(("Draw a table first.",), 25.0, 8.0)
+    rewards = [[[0, 0], [0, 0]], [[1, 1], [0, 0]], [[1, 0], [1, 1]]]  # [slot, problem, rollout]; slots a, b, a
+    trajs = tuple(Trajectory(env_id="espl/Math-v0", task_id=f"slot{m}", messages=[], reward=float(rewards[m][p][n]),
+                             reason="correct" if rewards[m][p][n] else "wrong_answer")
+                  for m, p, n in StepBatch.order((3, 2, 2)))
+    batch = StepBatch((a, b, a), (0, 1), trajs, (3, 2, 2))
+    assert batch.best_slot() == {a.id: 2, b.id: 1}
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = TrainConfig.from_dict({"mode": "evolve"})
+    trainer._tasks_env = None
+    trainer.mutator = recorder = RecordingMutator()
+    trainer.learning, trainer.evolving = False, True  # what __init__ sets for mode evolve
+    match = Match((a, b), batch.rewards.mean(axis=(1, 2)), a)
+    job, evolution = trainer._start_evolution(batch, match, True, 0)
+    assert job is None and evolution is not None
+    (parent, groups), = recorder.mutated
+    assert parent == a.principles and [t.task_id for g in groups for t in g.trajectories] == ["slot2"] * 4
+    # crossover: a's best slot wins problem 1 (its first slot won nothing, which made no crossover at all)
+    (parents, wins), = recorder.crossed
+    tasks = [trainer._env().make_task(p) for p in (0, 1)]
+    assert parents == [a.principles, b.principles] and wins == [[tasks[1].prompt], [tasks[0].prompt]]
+    assert np.allclose(match.slot_scores, [0.0, 0.5, 0.75])
+
+
 # ---- issue 13: resume reads the run's config; bad input is one line, exit 2, before any model loads ----------
 
 
