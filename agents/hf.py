@@ -72,6 +72,7 @@ class HFPolicy:
         max_batch: int = 64,
         prefix_sharing: bool | None = None,
         min_shared_prefix: int = 16,
+        logprob_chunk: int | None = 1024,
     ):
         import torch
 
@@ -111,6 +112,8 @@ class HFPolicy:
         self._json: Any = None  # XGrammarJson, built on the first generate_json call
         self._tool_grammar: HFToolGrammar | None = None  # built on the first constrained tool call
         self.grammar_failures = 0  # sampled tokens a tool grammar rejected (should stay 0)
+        # trajectory_logprobs: positions per LM-head chunk (None: all at once); see there
+        self.logprob_chunk: int | None = logprob_chunk
         # transformers renamed forward's `past_key_values` to `cache` (the old name is deprecated): the
         # installed version's name, read once from the model class (a transformers API, not a policy's)
         import inspect
@@ -203,7 +206,11 @@ class HFPolicy:
 
         Sequences are right-padded; position j predicts token j+1. Logits are computed only from the position
         before the first generated token on: the prompt's positions carry no loss, so the LM head (a fifth of
-        SmolLM2's FLOPs) skips them.
+        SmolLM2's FLOPs) skips them. Over `logprob_chunk` positions (default 1024) the LM head and log-softmax
+        run chunk by chunk under activation checkpointing: a 15,000-token reply (the reference's budget) at
+        SmolLM2's 49,152-token vocabulary would otherwise be 2.9 GB of float32 logits per row, twice over with
+        the softmax kept for backward. Tokens sampled under a tool grammar are normalised over the tokens the
+        grammar allowed (`Trajectory.tool_grammar`, masks rebuilt by replaying the grammar).
         """
         import torch
 
@@ -223,19 +230,28 @@ class HFPolicy:
         start = max(int(mask.argmax(dim=1).min()) - 1, 0)
         device = next(self.model.parameters()).device
         ids, attn = ids.to(device), attn.to(device)
-        logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1].float()
-        if temperature != 1.0:
-            logits = logits / temperature
         targets = ids[:, start + 1:]
-        lse = torch.logsumexp(logits, dim=-1)
         constrained = self._grammar_masks(trajectories, start)
         if constrained is not None:
-            # replies sampled under a tool grammar: their normaliser is over the tokens the grammar allowed
-            # (the masks rebuilt by replaying the matcher), so pi_theta is the distribution that sampled
-            rows, pos, add = (x.to(logits.device) for x in constrained)
-            masked = logits[rows, pos] + add
-            lse = lse.index_put((rows, pos), torch.logsumexp(masked, dim=-1))
-        lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+            constrained = tuple(x.to(device) for x in constrained)
+        positions = width - start - 1
+        if self.logprob_chunk is None or positions <= self.logprob_chunk:
+            logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1]
+            lp = _token_logprobs(logits, targets, temperature, constrained, 0)
+        else:
+            # long replies: the LM head and log-softmax run over chunks of positions, each recomputed in the
+            # backward pass (checkpoint), so [rows, positions, vocab] float32 logits never exist at once
+            from torch.utils.checkpoint import checkpoint
+
+            hidden = self._lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, start:-1]
+            head = self._lm.get_output_embeddings()
+
+            def chunk_lp(h: Any, tgt: Any, offset: int) -> Any:
+                return _token_logprobs(head(h), tgt, temperature, constrained, offset)
+
+            lp = torch.cat([checkpoint(chunk_lp, hidden[:, c:c + self.logprob_chunk],
+                                       targets[:, c:c + self.logprob_chunk], c, use_reentrant=False)
+                            for c in range(0, positions, self.logprob_chunk)], dim=1)
         sl = slice(start + 1, None)
         return TrajectoryLogprobs(lp, old[:, sl].to(device), mask[:, sl].to(device), adv[:, sl].to(device))
 
@@ -570,6 +586,27 @@ class HFPolicy:
             token_ids=tuple(ids),
             logprobs=tuple(lps),
         )
+
+
+def _token_logprobs(logits: Any, targets: Any, temperature: float, constrained: tuple[Any, Any, Any] | None,
+                    offset: int) -> Any:
+    """log softmax(logits / T) at the target tokens, [rows, positions]; `logits` cover positions offset.. of the
+    trajectory_logprobs frame. `constrained` = (rows, positions, additive masks) of tokens sampled under a tool
+    grammar: there the normaliser is over the tokens the grammar allowed (masks rebuilt by replaying the
+    matcher), so pi_theta is the distribution that sampled."""
+    import torch
+
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    if constrained is not None:
+        rows, pos, add = constrained
+        here = (pos >= offset) & (pos < offset + logits.shape[1])
+        if bool(here.any()):
+            r, p = rows[here], pos[here] - offset
+            lse = lse.index_put((r, p), torch.logsumexp(logits[r, p] + add[here], dim=-1))
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
 
 
 def _sample(logits: Any, params: SamplingParams, gens: list[Any]) -> tuple[Any, Any]:
