@@ -52,8 +52,8 @@ from espl.types import Completion, Message, SamplingParams, Trajectory
 @dataclass(frozen=True)
 class Episode:
     """One episode to run: the task seed and the system prompt (None: no system message), and where the prompt
-    goes: "system" (a system message) or "user" (atop the first user message, the E-SPL reference's placement;
-    the env's reset option `system_prompt_placement`)."""
+    goes: "system" (a system message) or "user" (in the first user message, the E-SPL reference's placement
+    and text; the env's reset option `system_prompt_placement`)."""
 
     seed: int
     system_prompt: str | None = None

@@ -146,7 +146,8 @@ def run_suite(
 
 def _placement(placement: str) -> Literal["system", "user"]:
     """The agent's prompt placement for its episodes: "system", or "user" (the E-SPL reference's: the prompt
-    atop the first user message, as a run trained that way saw it; the env's reset option)."""
+    in the first user message in the reference's words, as a run trained that way saw it; the env's reset
+    option)."""
     if placement == "system":
         return "system"
     if placement == "user":

@@ -155,7 +155,7 @@ class AgentSpec:
     model: str
     backend: str = "hf"
     system_prompt: str | None = None
-    placement: str = "system"  # where the env puts the prompt: "system" message or atop the "user" message
+    placement: str = "system"  # where the env puts the prompt: "system" message or into the "user" message
     sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields but the per-episode seed
     adapter: str | None = None
     adapter_hash: str | None = None
