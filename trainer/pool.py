@@ -131,6 +131,22 @@ class PromptPool:
         """The best-rated prompt; ties go to the newer one."""
         return max(reversed(self.records), key=lambda r: getattr(r, key))
 
+    def ranked(self, key: Literal["mu", "exploit", "explore"] = "exploit", top: int | None = None) -> list[PromptRecord]:
+        """The live prompts, best first by `key` (ties: the newer first); `espl prompts` shows these."""
+        return sorted(reversed(self.records), key=lambda r: getattr(r, key), reverse=True)[:top]
+
+    def lineage(self, record: PromptRecord) -> list[PromptRecord]:
+        """`record`'s ancestors by first parent, nearest first (evicted ones included, as pool.json keeps
+        them); stops at the root or at a parent no longer recorded."""
+        everyone = {r.id: r for r in [*self.evicted, *self.records]}
+        chain: list[PromptRecord] = []
+        cur, seen = record, {record.id}
+        while cur.parents and cur.parents[0] in everyone and cur.parents[0] not in seen:
+            cur = everyone[cur.parents[0]]
+            seen.add(cur.id)
+            chain.append(cur)
+        return chain
+
     def to_dict(self) -> dict:
         return {
             "max_size": self.max_size,

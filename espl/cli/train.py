@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import Any, List, Literal, NoReturn, Optional, cast
 
 import typer
 from rich.console import Console
@@ -107,20 +105,6 @@ def train(
                       f"{best['score']:.3f} -> {out / 'best'}", soft_wrap=True, markup=False)
 
 
-def _load_pool(run_dir: Path) -> dict:
-    path = run_dir / "pool.json"
-    if not path.is_file():
-        fail(f"no pool.json in {run_dir} (is it a RUN_DIR written by `espl train`?)")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
-            raise ValueError("no 'prompts' list")
-        return data
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        fail(f"{path} is not a readable pool ({type(exc).__name__}: {exc}); a run's checkpoint/state.json holds "
-             "the pool of its last checkpoint too")
-
-
 def prompts(
     run_dir: Path = typer.Argument(..., help="A RUN_DIR written by `espl train`."),
     top: int = typer.Option(5, "--top", help="How many prompts to show."),
@@ -128,31 +112,27 @@ def prompts(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the ranked prompts as JSON."),
 ) -> None:
     """The top prompts of a run with their ratings, score history and lineage."""
-    keys = {"exploit": lambda r: r["mu"] - 2 * r["sigma"], "mu": lambda r: r["mu"], "explore": lambda r: r["mu"] + 2 * r["sigma"]}
-    if by not in keys:
-        fail(f"--by {by!r}: must be one of {sorted(keys)}")
-    data = _load_pool(run_dir)
-    everyone = {r["id"]: r for r in data.get("evicted", []) + data["prompts"]}
-    ranked = sorted(data["prompts"], key=keys[by], reverse=True)[:top]
+    from espl.trainer.plots import RunFilesError, read_pool
+
+    if by not in ("exploit", "mu", "explore"):
+        fail(f"--by {by!r}: must be one of ['explore', 'exploit', 'mu']")
+    try:
+        pool = read_pool(run_dir)
+    except RunFilesError as exc:
+        fail(str(exc))
+    ranked = pool.ranked(cast("Literal['mu', 'exploit', 'explore']", by), top)  # checked just above
     if as_json:
-        typer.echo(json.dumps(ranked, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps([r.to_dict() for r in ranked], indent=2, ensure_ascii=False))
         return
     for rank, r in enumerate(ranked, 1):
-        lineage, cur = [], r
-        while cur["parents"]:
-            parent = everyone.get(cur["parents"][0])
-            if parent is None:
-                break
-            lineage.append(f"#{parent['id']} ({parent['op']})")
-            cur = parent
-        scores = ", ".join(f"{s:.2f}" for _, s in r["scores"][-8:]) or "-"
-        console.rule(f"{rank}. prompt #{r['id']}  μ {r['mu']:.2f}  σ {r['sigma']:.2f}  {r['op']} at step {r['birth_step']}")
-        chain = " <- ".join(["#" + str(r["id"])] + lineage)
+        chain = " <- ".join([f"#{r.id}"] + [f"#{a.id} ({a.op})" for a in pool.lineage(r)])
+        scores = ", ".join(f"{s:.2f}" for _, s in r.scores[-8:]) or "-"
+        console.rule(f"{rank}. prompt #{r.id}  μ {r.mu:.2f}  σ {r.sigma:.2f}  {r.op} at step {r.birth_step}")
         console.print(f"lineage: {chain}")
         console.print(f"scores (last 8): {scores}")
-        if not r["principles"]:
+        if not r.principles:
             console.print("[dim](no principles: the empty root prompt)[/dim]")
-        for i, p in enumerate(r["principles"]):
+        for i, p in enumerate(r.principles):
             console.print(f"  [G{i}] {p}", markup=False)
 
 
@@ -162,82 +142,11 @@ def plot(
     top: int = typer.Option(8, "--top", help="Rating curves for this many prompts (best by μ−2σ)."),
 ) -> None:
     """PNGs: reward per step, rating μ ± σ per prompt over steps, and the held-out curves (RUN_DIR/evals.jsonl)."""
-    import matplotlib
+    from espl.trainer.plots import RunFilesError, plot_run
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics_path = run_dir / "metrics.csv"
-    if not metrics_path.is_file():
-        fail(f"no metrics.csv in {run_dir} (is it a RUN_DIR written by `espl train`?)")
-    with open(metrics_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = out or run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    steps = [int(r["step"]) for r in rows]
-    written = []
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [float(r["mean_reward"]) for r in rows], marker="o", label="train mean reward")
-    test = [(int(r["step"]), float(r["test_reward"])) for r in rows if r.get("test_reward") not in (None, "", "nan")]
-    test = [(s, v) for s, v in test if not math.isnan(v)]
-    if test:
-        ax.plot(*zip(*test), marker="s", label="test reward (newest prompt)")
-    ax.set_xlabel("step"), ax.set_ylabel("reward"), ax.set_title(f"reward per step: {run_dir.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reward.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "reward.png")
-
-    data = _load_pool(run_dir)
-    records = data.get("evicted", []) + data["prompts"]
-    best = sorted(records, key=lambda r: r["mu"] - 2 * r["sigma"], reverse=True)[:top]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in best:
-        hist = r.get("rating_history") or [[r["birth_step"], r["mu"], r["sigma"]]]
-        xs = [h[0] + 1 for h in hist]  # ratings after step s are plotted at s + 1 (birth at -1 -> 0)
-        mu = [h[1] for h in hist]
-        sd = [h[2] for h in hist]
-        line, = ax.plot(xs, mu, marker=".", label=f"#{r['id']} ({r['op']})")
-        ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)], alpha=0.15, color=line.get_color())
-    ax.set_xlabel("step"), ax.set_ylabel("TrueSkill μ ± σ"), ax.set_title("prompt ratings")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "ratings.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "ratings.png")
-
-    from espl.trainer.checkpoint import read_best
-    from espl.trainer.heldout import read_evals
-
-    evals = read_evals(run_dir)
-    if evals:  # held-out curves: mean reward (solid) and pass@k at the largest k (dashed) per evaluated prompt
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for label in dict.fromkeys(r["prompt"] for r in evals):
-            rows_of = sorted((r for r in evals if r["prompt"] == label and r["mean"] is not None), key=lambda r: r["step"])
-            if not rows_of:
-                continue
-            marker = {"newest": "o", "best": "s", "none": "^"}.get(label, "o")  # equal scores stay visible
-            line, = ax.plot([r["step"] for r in rows_of], [r["mean"] for r in rows_of], marker=marker,
-                            fillstyle="none", markersize=8, label=f"{label}: mean reward")
-            k = max(int(k) for k in rows_of[-1]["pass_at_k"])
-            if k > 1:
-                ax.plot([r["step"] for r in rows_of], [r["pass_at_k"].get(str(k), math.nan) for r in rows_of],
-                        linestyle="--", marker=".", color=line.get_color(), label=f"{label}: pass@{k}")
-        best = read_best(run_dir)
-        if best is not None:
-            ax.axvline(best["step"], color="grey", linestyle=":", label=f"best checkpoint (step {best['step']})")
-        n = evals[-1]["tasks"]
-        ax.set_xlabel("step"), ax.set_ylabel("held-out reward / pass@k"), ax.set_title(f"held-out evaluation: {n} test tasks x "
-                                                                       f"{evals[-1]['samples']} samples")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "heldout.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "heldout.png")
+    try:
+        written = plot_run(run_dir, out, top)
+    except RunFilesError as exc:
+        fail(str(exc))
     for p in written:
         console.print(f"wrote {p}")
