@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 MAX_TEXT = 4000  # characters of one message or mutator call shown; the rest is counted, not shown
 MAX_CALL_STEPS = 20  # steps whose mutator prompts and replies are shown (the latest); mutations.jsonl has all
@@ -589,19 +589,21 @@ class Chart:
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        hi = lo + 1.0
+    """Round tick values covering [lo, hi] (at most n + 2 of them)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = 0.0, 1.0
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1.0):  # one value: a unit around it
+        lo, hi = lo - 0.5, hi + 0.5
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.floor(lo / step) * step
-    ticks, t = [], first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    if ticks[-1] < hi:
-        ticks.append(round(t, 10))
-    return ticks
+    count = math.ceil((hi - first) / step - 1e-9)
+    return [round(first + i * step, 10) for i in range(count + 1)]
+
+
+def _finite(*xs: float) -> bool:
+    return all(math.isfinite(x) for x in xs)
 
 
 class _Frame:
@@ -631,7 +633,8 @@ def _line(frame: _Frame, pts: Sequence[tuple[float, float]]) -> str:
     return " ".join(f"{'M' if i == 0 else 'L'}{frame.x(x)},{frame.y(y)}" for i, (x, y) in enumerate(pts))
 
 
-def _chart(title: str, y_label: str, x_max: int, y_range: tuple[float, float], build, note: str = "") -> Chart:
+def _chart(title: str, y_label: str, x_max: int, y_range: tuple[float, float],
+           build: Callable[[_Frame], list[Series]], note: str = "") -> Chart:
     shape = Chart(title, y_label, (), (), ())
     frame = _Frame(x_max, *y_range, shape)
     xs, ys = frame.ticks()
@@ -644,9 +647,9 @@ def color(prompt_id: int) -> str:
 
 def reward_chart(run: Run) -> Chart:
     """Train mean reward per step, and the held-out means per prompt kind."""
-    pts = [(r.step + 1, r.mean_reward) for r in run.steps]
+    pts = [(r.step + 1, r.mean_reward) for r in run.steps if _finite(r.mean_reward)]
     kinds = sorted({e.kind for e in run.evals}, key=lambda k: ({"newest": 0, "best": 1, "none": 2}.get(k, 3), k))
-    held = {k: [(e.step + 1, e.mean) for e in run.evals if e.kind == k and not math.isnan(e.mean)] for k in kinds}
+    held = {k: [(e.step + 1, e.mean) for e in run.evals if e.kind == k and _finite(e.mean)] for k in kinds}
     values = [v for _, v in pts] + [v for ps in held.values() for _, v in ps]
     hi = max([1.0] + values) if values and max(values) > 1 else 1.0
 
@@ -671,60 +674,72 @@ def reward_chart(run: Run) -> Chart:
 
 def chart_prompts(run: Run) -> list[Prompt]:
     """The prompts drawn in the rating and score charts: the best `MAX_CHART_PROMPTS` by μ − 2σ, id order."""
-    best = sorted(run.prompts, key=lambda p: p.exploit, reverse=True)[:MAX_CHART_PROMPTS]
+    best = sorted(run.prompts, key=_rank, reverse=True)[:MAX_CHART_PROMPTS]
     return sorted(best, key=lambda p: p.id)
 
 
-def _rating_steps(p: Prompt, end: int) -> list[tuple[int, float, float]]:
-    """(x, μ, σ) at every step from the prompt's birth to `end`: the recorded ratings, held flat between
-    matches (a prompt that plays no match keeps its rating)."""
-    hist = sorted(((s + 1, m, g) for s, m, g in p.ratings), key=lambda t: t[0])
-    if not hist:
+def _rank(p: Prompt) -> tuple[float, int]:
+    """μ − 2σ, then the newer; a non-finite rating (a damaged pool.json) last."""
+    return (p.exploit if _finite(p.exploit) else -math.inf, p.id)
+
+
+def _rating_steps(p: Prompt, end: int) -> tuple[list[tuple[int, float, float]], int]:
+    """The prompt's recorded ratings as (x, μ, σ), x = step + 1 (birth first), and the x its rating holds until:
+    `end` for a live prompt, its last score or rating for an evicted one (the pool does not record when)."""
+    hist = sorted((s + 1, m, g) for s, m, g in p.ratings if _finite(m, g))
+    if not hist and _finite(p.mu, p.sigma):
         hist = [(p.birth_step + 1, p.mu, p.sigma)]
-    last = max(end, hist[-1][0]) if not p.evicted else max(hist[-1][0], max((s + 1 for s, _ in p.scores), default=0))
-    out: list[tuple[int, float, float]] = []
-    i = 0
-    for x in range(hist[0][0], last + 1):
-        while i + 1 < len(hist) and hist[i + 1][0] <= x:
-            i += 1
-        out.append((x, hist[i][1], hist[i][2]))
-    return out
+    if not hist:
+        return [], 0
+    last_seen = max([hist[-1][0]] + [s + 1 for s, _ in p.scores])
+    return hist, (last_seen if p.evicted else max(end, hist[-1][0]))
+
+
+def _steps_path(hist: Sequence[tuple[int, float]], until: int) -> list[tuple[float, float]]:
+    """Vertices of a step function: each value held until the next one (or `until`)."""
+    pts: list[tuple[float, float]] = []
+    for i, (x, v) in enumerate(hist):
+        nxt = hist[i + 1][0] if i + 1 < len(hist) else until
+        pts += [(x, v), (max(nxt, x), v)]
+    return pts
 
 
 def rating_chart(run: Run) -> Chart:
     shown = chart_prompts(run)
     lines = {p.id: _rating_steps(p, run.steps_done) for p in shown}
-    lo = min((m - g for ls in lines.values() for _, m, g in ls), default=0.0)
-    hi = max((m + g for ls in lines.values() for _, m, g in ls), default=1.0)
+    lo = min((m - g for ls, _ in lines.values() for _, m, g in ls), default=0.0)
+    hi = max((m + g for ls, _ in lines.values() for _, m, g in ls), default=1.0)
 
     def build(f: _Frame) -> list[Series]:
         out = []
         for p in shown:
-            ls = lines[p.id]
-            top = [(x, m + g) for x, m, g in ls]
-            bottom = [(x, m - g) for x, m, g in reversed(ls)]
-            band = _line(f, top + bottom) + " Z" if len(ls) > 1 else ""
-            out.append(Series(f"#{p.id} ({p.op})", color(p.id), _line(f, [(x, m) for x, m, _ in ls]),
+            hist, until = lines[p.id]
+            if not hist:
+                continue
+            top = _steps_path([(x, m + g) for x, m, g in hist], until)
+            bottom = _steps_path([(x, m - g) for x, m, g in hist], until)[::-1]
+            out.append(Series(f"#{p.id} ({p.op})", color(p.id), _line(f, _steps_path([(x, m) for x, m, _ in hist], until)),
                               tuple(Marker(f.x(x), f.y(m), f"#{p.id} after step {x}: μ {m:.2f} ± σ {g:.2f}")
-                                    for x, m, g in ls), band, prompt_id=p.id))
+                                    for x, m, g in hist), _line(f, top + bottom) + " Z", prompt_id=p.id))
         return out
 
     more = len(run.prompts) - len(shown)
-    note = ("μ ± σ after each step from each prompt's rating_history (recorded at birth and after each match it "
-            "played; flat between matches: a prompt that is not selected keeps its rating)")
+    note = ("μ ± σ from each prompt's rating_history: a point where it was recorded (at birth and after each "
+            "match the prompt played), held flat until the next (a prompt that is not selected keeps its rating)")
     if more > 0:
         note += f"; the {len(shown)} best by μ − 2σ are drawn, {more} more are in the tables"
     return _chart("TrueSkill rating per prompt (μ ± σ)", "μ ± σ", run.steps_done, (lo, hi), build, note)
 
 
 def score_chart(run: Run) -> Chart:
-    shown = [p for p in chart_prompts(run) if p.scores]
-    values = [v for p in shown for _, v in p.scores]
+    scores = {p.id: sorted((s + 1, v) for s, v in p.scores if _finite(v)) for p in chart_prompts(run)}
+    shown = [p for p in chart_prompts(run) if scores[p.id]]
+    values = [v for p in shown for _, v in scores[p.id]]
 
     def build(f: _Frame) -> list[Series]:
         out = []
         for p in shown:
-            ps = sorted((s + 1, v) for s, v in p.scores)
+            ps = scores[p.id]
             out.append(Series(f"#{p.id} ({p.op})", color(p.id), _line(f, ps),
                               tuple(Marker(f.x(x), f.y(v), f"#{p.id} at step {x}: mean reward {v:.3f}") for x, v in ps),
                               prompt_id=p.id))
@@ -863,7 +878,7 @@ def render_report(run: Run, samples: int = 6) -> str:
     env.filters["step1"] = lambda s: s + 1
     template = env.from_string((resources.files("espl.trainer") / "templates" / "report.html.j2").read_text(encoding="utf-8"))
     cfg = run.config
-    best = max(run.prompts, key=lambda p: (p.exploit, p.id)) if run.prompts else None
+    best = max(run.prompts, key=_rank) if run.prompts else None
     live = [p for p in run.prompts if not p.evicted]
     return template.render(
         run=run, title=run.path.resolve().name or str(run.path), cfg=cfg, best=best, live=live,

@@ -239,6 +239,20 @@ def test_hostile_run_dir_is_escaped(tmp_path):
     assert f"Principle {EVIL} and more." in shown
 
 
+def test_non_finite_numbers_draw_no_broken_chart(tmp_path):
+    run = _write_run(tmp_path / "run", ["Keep replies short."])
+    data = json.loads((run / "pool.json").read_text())
+    data["prompts"][1].update(mu=float("nan"), sigma=float("inf"), rating_history=[[0, float("nan"), 1.0]],
+                              scores=[[0, float("inf")]])
+    (run / "pool.json").write_text(json.dumps(data))  # Python's json writes NaN and Infinity
+    metrics = (run / "metrics.csv").read_text().replace("\n0,0.25,", "\n0,inf,")
+    (run / "metrics.csv").write_text(metrics)
+    html = render_report(load_run(run))
+    svg = "".join(re.findall(r"<svg.*?</svg>", html, re.S))
+    assert svg and not re.search(r"(?i)nan|inf", svg)
+    assert "#1" in html.split('id="prompt-table"', 1)[1]  # still listed, with its numbers as they are
+
+
 # ---- a real short run --------------------------------------------------------------------------------------
 
 PARITY_ID = "espl-test/ReportParity-v0"
@@ -328,11 +342,11 @@ def test_report_of_a_real_run(real_run, tmp_path):
     for e in evals:
         label = "no prompt" if e["prompt"] == "none" else f"{e['prompt']} prompt"
         assert f"after step {e['step'] + 1}: held-out, {label} {e['mean']:.3f}" in html
-    # each prompt's rating: a marker at every step from its birth, the last one its final rating
+    # each prompt's rating: a marker at each recorded rating (birth, then every match), the last its final one
     for pid, p in prompts.items():
-        last = re.findall(rf"<title>#{pid} after step \d+: μ ([0-9.]+) ± σ ([0-9.]+)</title>", html)
-        assert last and last[-1] == (f"{p['mu']:.2f}", f"{p['sigma']:.2f}"), pid
-        assert len(last) == 3 - max(p["birth_step"], -1)  # x = birth + 1 .. 3
+        drawn = re.findall(rf"<title>#{pid} after step (\d+): μ ([0-9.]+) ± σ ([0-9.]+)</title>", html)
+        assert drawn == [(str(s + 1), f"{m:.2f}", f"{g:.2f}") for s, m, g in p["rating_history"]], pid
+        assert drawn[-1][1:] == (f"{p['mu']:.2f}", f"{p['sigma']:.2f}")
     # the lineage: one node per prompt; each child's diff is principle_diff against its first parent
     assert sorted(int(i) for i in re.findall(r'<div class="node" data-prompt="(\d+)"', html)) == sorted(prompts)
     for child in children:
