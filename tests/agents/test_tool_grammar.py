@@ -119,6 +119,7 @@ def _check_logprobs(policy, trajs, temperature: float) -> float:
     return float((free.logprobs[m] - lp.old_logprobs[m]).abs().max())
 
 
+@pytest.mark.slow
 def test_required_calls_on_bfcl_are_valid_and_logprobs_match(smol_policy):
     """Mixed BFCL (simple, multiple, parallel, ... round-robin), sampled at T=0.7 under 'required': every reply that
     ended (not cut by the token budget) is a valid call of its item's tools, and log-probs match the replay."""
@@ -143,6 +144,7 @@ def test_required_calls_on_bfcl_are_valid_and_logprobs_match(smol_policy):
     assert smol_policy.grammar_failures == 0
 
 
+@pytest.mark.slow
 def test_auto_multi_turn_toolmath_is_token_exact_and_logprobs_match(smol_policy):
     """espl/ToolMath-v0 under 'auto': several turns per episode, each reply constrained from its own start (one
     span per turn); the recomputation over the whole episode matches, and the same seeds sample the same tokens."""
@@ -168,6 +170,7 @@ def test_off_leaves_generation_as_it_was(smol_policy):
 
 
 # ---- OpenAI-compatible servers: a real llama.cpp server on 127.0.0.1 -------------------------------------------
+@pytest.mark.slow
 def test_llamacpp_grammar_and_response_format_give_valid_calls(llama_server):
     from espl.agents.openai_policy import OpenAIPolicy
 
@@ -194,6 +197,7 @@ def test_llguidance_grammar_text_is_what_llamacpp_reads():
     assert llguidance_grammar([ADD], "required").splitlines()[1] == "start: block"
 
 
+@pytest.mark.slow
 def test_chunked_logprobs_equal_unchunked_with_gradients(smol_policy):
     """trajectory_logprobs over chunks of 7 positions (LM head + log-softmax under checkpointing) gives the
     values and the gradients of the all-at-once path, grammar-masked positions included."""
