@@ -97,8 +97,8 @@ def train(
                       f"{trainer.checkpointed_steps} finished steps. Continue with: espl train --out {out} --resume "
                       f"--steps {steps}", soft_wrap=True, markup=False)
         raise typer.Exit(130) from None
-    console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves",
-                  soft_wrap=True)
+    console.print(f"done: {trainer.step_count} steps; `espl prompts {out}` shows the prompts, `espl plot {out}` draws curves, "
+                  f"`espl report {out}` writes one HTML page of the run", soft_wrap=True)
     best = trainer.best_record
     if best is not None:
         console.print(f"best held-out checkpoint: after step {best['step'] + 1}, {best['prompt']} prompt mean reward "
