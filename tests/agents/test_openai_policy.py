@@ -90,7 +90,7 @@ class ScriptedChatServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
                 status, reply = outer.script.pop(0) if outer.script else (500, {"error": "script exhausted"})
@@ -182,6 +182,34 @@ def test_generate_json_follows_each_schema_on_llama_cpp(llama_server):
         jsonschema.validate(json.loads(reply), schema)
     with pytest.raises(ValueError, match="schemas: one per conversation"):
         pol.generate_json([conv("x")], SHORT, schemas)
+
+
+def test_reason_then_json_object_schema_on_llama_cpp(llama_server):
+    """Issue 16: mutator.reflection = "reason_then_json" through `response_format` json_schema on a real
+    llama.cpp server: the reply is {"analysis", "operations"} in that order and parses to its operations."""
+    from collections import Counter
+
+    import jsonschema
+
+    from espl.trainer.mutator import (LLMMutator, MutatorSettings, RolloutGroup, critique_schema, parse_operations,
+                                      with_analysis)
+    from espl.types import Trajectory
+
+    def traj(reward, text):
+        return Trajectory(env_id="espl/Math-v0", task_id="t0", reward=reward, reason="correct" if reward else "wrong_answer",
+                          messages=[{"role": "user", "content": "What is 12 * 3?"}, {"role": "assistant", "content": text}])
+
+    group = RolloutGroup("What is 12 * 3?", "36", (traj(1.0, "12 * 3 = 36. Answer: 36"), traj(0.0, "12 * 3 = 32. Answer: 32")))
+    mutator = LLMMutator(OpenAIPolicy(llama_server, "smollm2", retries=0),
+                         MutatorSettings(reflection="reason_then_json", summary_tokens=16, critique_tokens=160,
+                                         revision_tokens=160))
+    result = mutator.mutate(("Check the units of every quantity.",), [group], seed=0)
+    assert mutator.constrained
+    critique = next(reply for prompt, reply in result.calls if "extract generalizable principles" in prompt)
+    value = json.loads(critique)
+    assert list(value) == ["analysis", "operations"]
+    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2)))
+    assert parse_operations(critique, critique_schema(["G0"], 2), Counter()) == value["operations"]
 
 
 def test_mutator_falls_back_to_free_text_when_the_server_refuses_json_schema():
