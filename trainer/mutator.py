@@ -106,6 +106,12 @@ class MutatorSettings:
     constrained: bool = True  # grammar-constrained JSON where the backend supports it
     reflection: Reflection = "json_only"  # see `Reflection`; paper(): "reason_then_json"
 
+    def __post_init__(self) -> None:
+        if self.reflection not in ("json_only", "reason_then_json"):
+            raise ValueError(f"reflection: must be 'json_only' or 'reason_then_json', got {self.reflection!r}")
+        if self.max_principles < 0:
+            raise ValueError(f"max_principles: must be >= 0 (0: no cap), got {self.max_principles}")
+
 
 # ---- prompts (after the reference's templates; ours, not copied) ------------------------------------------
 

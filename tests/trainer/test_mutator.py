@@ -379,6 +379,13 @@ def test_the_summariser_sees_the_principles_of_a_system_prompt():
     assert summaries and all("<trajectory>\n[system] [G0]. rule\n[user] What is 1+2?" in p for p in summaries)
 
 
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="reflection: must be 'json_only' or 'reason_then_json'"):
+        MutatorSettings(reflection="think")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_principles: must be >= 0"):
+        MutatorSettings(max_principles=-1)
+
+
 def test_max_principles_zero_is_no_cap():
     many = [f"Rule {i}: check every quantity before answering." for i in range(30)]
     assert validate_principles(many, (), MutatorSettings(), Counter())[1] == "too_many_principles"  # 24
