@@ -360,6 +360,8 @@ def test_report_of_a_real_run(real_run, tmp_path):
     table = html.split('id="mutation-table"', 1)[1].split("</table>", 1)[0]
     outcomes = re.findall(r'<td class="(?:ok|off|bad)">(\w+)', table)
     assert outcomes == [json.loads(line)["reason"] for line in (real_run / "mutations.jsonl").read_text().splitlines()]
+    skips = re.findall(r'<tr><td class="num">\d+</td>\s*<td class="num">[0-9.]+</td>\s*<td class="num">([0-9.]+)</td>', table)
+    assert skips == [f"{float(r['skip_ratio']):.2f}" for r in rows]  # the weights' side of each step
     # score histories: every recorded score is listed
     prompt_table = html.split('id="prompt-table"', 1)[1].split("</table>", 1)[0]
     assert prompt_table.count('class="tag">') == sum(len(p["scores"]) for p in prompts.values())
