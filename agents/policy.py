@@ -74,6 +74,8 @@ class TokenPolicy(Policy, Protocol):
     prompt ids + the generated ids + `renderer.continuation(...)`, then calls `generate_tokens`.
     `max_context`: the model's context length in tokens (None: unknown); a row whose prompt leaves no room
     for one token finishes with `finish_reason == "context_overflow"` (the other rows are unaffected).
+    `tools`: one `ToolSet` (agents/tool_grammar.py) or None per prompt, the tools a row is decoded under when
+    `params.tool_grammar` is on (a backend that cannot constrain raises ValueError).
     """
 
     renderer: ChatRenderer

@@ -15,6 +15,10 @@
 - Tools: when the env has `tools` (JSON schemas), they are passed to `policy.generate(tools=...)`. Tool
   calls that the env parsed out of the reply text (`info["parsed_tool_calls"]`) are attached to the
   assistant message kept in the trajectory.
+- Tool grammar (`params.tool_grammar` "required"/"auto", agents/tool_grammar.py): every row with tools is
+  decoded under the grammar of its env's tools (token backends get them per row, with the env's
+  `parallel_tool_calls`); on the token-exact path the trajectory's `tool_grammar` records the mode, the tools
+  and the token range of each constrained reply, which `trajectory_logprobs` replays to rebuild the masks.
 - A reply cut by the token budget (`finish_reason == "length"`) goes to the env as it is, to be scored;
   the trajectory's `info["truncated_reply"]` counts such replies.
 - Each row has its own context budget. An episode whose next prompt fills the model's context (a token
