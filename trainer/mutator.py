@@ -466,7 +466,9 @@ def validate_principles(
         clean = clean_principle(p, settings.max_principle_words, rejected, prose=False)
         if clean is None:
             continue
-        key = clean.casefold()
+        # duplicates up to case, spacing and punctuation: "Check the units." == "check the units" (Qwen 0.5B's
+        # revision returned exactly that pair)
+        key = " ".join(re.sub(r"[\W_]+", " ", clean.casefold()).split())
         if key in seen:
             rejected["duplicate"] += 1
             continue

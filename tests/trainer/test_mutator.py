@@ -123,6 +123,10 @@ def test_validate_principles_rules():
     assert validate_principles(["", "  "], (), s, Counter())[1] == "empty"
     assert validate_principles(["a"], ("a",), s, Counter())[1] == "unchanged"
     assert validate_principles(list("abcd"), (), s, Counter())[1] == "too_many_principles"
+    c = Counter()  # duplicates up to case, spacing and punctuation; numbers still tell principles apart
+    assert validate_principles(["Check the units.", "check  the units", "Use a^2.", "Use a^3."], (), s, c) == (
+        ("Check the units.", "Use a^2.", "Use a^3."), "ok")
+    assert c == {"duplicate": 1}
 
 
 # ---- fuzz ----
