@@ -16,7 +16,8 @@ order and the paired comparisons (both / only one / neither, exact McNemar p, 95
 difference; agents/stats.py). With a prompt, each `--placements` entry is one condition: "system" (a system
 message, what `espl eval --system-prompt` does) and "user" (the E-SPL reference's user turn; `espl eval` has
 no flag for it). The system-placement conditions are what these `espl eval` commands run (written into the
-JSON under `commands`), episode for episode, since both call the same rollout with the same batch:
+JSON under each condition's `command`), episode for episode, since both call the same rollout with the same
+batch (checked with SmolLM2 on 20 tasks: the same rewards, replies and token counts):
 
     espl eval --env espl/Premise-v0 --model MODEL --episodes N --max-new-tokens T --temperature X \\
         --top-p P --seed S --env-arg rule_seed=R [--system-prompt RULE] --json
@@ -51,7 +52,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)  # clamped: float error gives -1e-17 at 0 of n
 
 
 def followed(answer: str | None, quantity: int, factor: int) -> bool:

@@ -44,14 +44,15 @@ from espl.envs.core import MultiTurnEnv, Outcome, Split, Task
 from espl.types import Message
 
 # One small factor: the product stays one-digit x small-number arithmetic a 0.5B model does reliably. 10 is
-# left out because "x 10" is guessable from the shape of the number.
+# left out: it is the factor a model guesses for metric-looking units, so it would not need the rule.
 FACTORS: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9)
 DEFAULT_UNITS = ("zorb", "glik")
 DEFAULT_MAX_QUANTITY = 12
 # The env states the procedure (multiply by the target units per source unit), so the one thing a model lacks is
-# the fact. Measured with Qwen2.5-Coder-0.5B (issue 16): "Show your working, then 'Answer: <number>'" gave long
-# replies that ran past 96 tokens and quoted the factor last (5 % correct with the correct rule); a bare
-# "Answer: <number>" gave 30 % (it divided as often as it multiplied); this one line gave 90 % (10 tasks).
+# the fact. Measured with Qwen2.5-Coder-0.5B and the correct rule (issue 16): "Show your working, then
+# 'Answer: <number>'" gave long replies that ran past 96 tokens and quoted the factor last (1 of 20 correct); a
+# bare "Answer: <number>" 3 of 10 (answers such as 2.7 for 7 zorbs); this one line 9 of 10, then 85 of 100
+# (docs/envs.md, benchmarks/premise_bounds.py).
 DEFAULT_ANSWER_FORMAT = "Reply with one line: '<{source}s> {source}s x <{target}s per {source}> = <total> {target}s'."
 TEST_MODULUS = 5  # one task text in five (by SHA-256) is a test task, as in espl/ToolMath-v0
 _RULE_SALT = "espl-premise-rule-v0"  # part of the env's version: changing it changes every seed's factor
