@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from espl.agents.errors import AdapterMismatch
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
@@ -41,6 +41,9 @@ from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
+
+KVCache = Literal["dynamic", "static", "auto"]
+KV_CACHES: tuple[str, ...] = ("dynamic", "static", "auto")
 
 
 @dataclass
@@ -73,6 +76,8 @@ class HFPolicy:
         prefix_sharing: bool | None = None,
         min_shared_prefix: int = 16,
         logprob_chunk: int | None = 1024,
+        kv_cache: KVCache = "auto",
+        compile_decode: bool | None = None,
     ):
         import torch
 
@@ -92,6 +97,8 @@ class HFPolicy:
             tok.pad_token = tok.eos_token
         if max_batch < 1:
             raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache: must be one of {', '.join(KV_CACHES)}, got {kv_cache!r}")
         self.tokenizer = tok
         self.device = torch.device(device)
         self.max_batch = max_batch
@@ -114,6 +121,13 @@ class HFPolicy:
         self.grammar_failures = 0  # sampled tokens a tool grammar rejected (should stay 0)
         # trajectory_logprobs: positions per LM-head chunk (None: all at once); see there
         self.logprob_chunk: int | None = logprob_chunk
+        # the decode loop's KV cache: "dynamic" (grown by concatenation), "static" (pre-allocated to the chunk's
+        # length, written in place), "auto" (see `_static_kv`); `compile_decode` wraps the decode step's forward
+        # in torch.compile (static cache only; None: on CUDA yes, on CPU no, see `_compiled`)
+        self.kv_cache: KVCache = kv_cache
+        self.compile_decode = compile_decode
+        self._compiled_forward: Any = None  # torch.compile of the model's forward, built on first use
+        self._compile_failed = False
         # transformers renamed forward's `past_key_values` to `cache` (the old name is deprecated): the
         # installed version's name, read once from the model class (a transformers API, not a policy's)
         import inspect
@@ -466,15 +480,75 @@ class HFPolicy:
             return None
         return prefixes, row_group, row_plen
 
-    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        out = self._lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1, **{self._cache_kw: cache})
+    def _static_kv(self) -> bool:
+        """Whether the decode loop pre-allocates its KV cache (`kv_cache`; "auto" decides by device).
+
+        "auto" is static on CUDA: there eager decoding is launch-bound (14-15 ms a step for Qwen2.5-0.5B on an
+        H200 at any batch) and a static cache is what lets the step be compiled into CUDA graphs (2.6-5x in HF
+        `generate`, docs/performance.md). On CPU it is dynamic: measured on this project's 2-core CPU with
+        SmolLM2-135M the eager static cache was not faster (docs/performance.md, "CPU"): attention runs over the
+        whole pre-allocated length every step, which costs what the dynamic cache's concatenation saves.
+        """
+        if self.kv_cache == "auto":
+            return self.device.type == "cuda"
+        return self.kv_cache == "static"
+
+    def _compiled(self) -> bool:
+        """Whether the static decode step runs through torch.compile (`compile_decode`; None: on CUDA only, where
+        CUDA graphs remove the launch overhead; on CPU compiling costs minutes and did not pay, see _static_kv)."""
+        if self._compile_failed:
+            return False
+        return self.device.type == "cuda" if self.compile_decode is None else bool(self.compile_decode)
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, compiled: bool = False) -> Any:
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                      **{self._cache_kw: cache})
+        if compiled:
+            import torch
+
+            if self._compiled_forward is None:
+                # one token per row, shapes fixed for the chunk (full-width mask, rows never leave): one graph
+                # per batch size; "reduce-overhead" = CUDA graphs on CUDA (what HF generate's static path uses)
+                mode = "reduce-overhead" if self.device.type == "cuda" else None
+                self._compiled_forward = torch.compile(self._lm.forward, mode=mode, fullgraph=False, dynamic=False)
+            try:
+                # clone: a CUDA graph's output buffer is overwritten by its next replay
+                return self._compiled_forward(**kwargs).logits[:, -1, :].float().clone()
+            except Exception as e:  # a compile failure must not stop a rollout: the eager step computes the same
+                self._compile_failed = True
+                log.warning("torch.compile of the decode step failed (%s: %s); decoding eagerly from now on",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                raise _CompileFailed() from e
+        out = self._lm(**kwargs)
         return out.logits[:, -1, :].float()
 
     def _generate_chunk(self, prompts: list[tuple[int, ...]], params: SamplingParams, gens: list[Any],
                         stats: GenerationStats, row_tools: list[ToolSet | None]) -> list[Completion]:
+        try:
+            return self._decode(prompts, params, gens, stats, row_tools, self._static_kv(),
+                                self._static_kv() and self._compiled())
+        except _CompileFailed:
+            # nothing of this chunk was returned: decode it again eagerly, from fresh generator states
+            for g, s in zip(gens, [int(g.initial_seed()) for g in gens]):
+                g.manual_seed(s)
+            return self._decode(prompts, params, gens, stats, row_tools, True, False)
+
+    def _decode(self, prompts: list[tuple[int, ...]], params: SamplingParams, gens: list[Any],
+                stats: GenerationStats, row_tools: list[ToolSet | None], static: bool,
+                compiled: bool) -> list[Completion]:
+        """The decode loop of one chunk.
+
+        `static`: the KV cache is a transformers `StaticCache` pre-allocated to the chunk's final length (prompt
+        width + budget) and the attention mask is full-width from the start (future positions 0; HF pads a shorter
+        mask with zeros the same way), so a step's shapes do not grow. Finished rows: eagerly they are dropped
+        from the cache by index_select on the batch dim, as with the dynamic cache (on CPU a row's compute is the
+        cost, so decoding finished rows would be waste); under `compiled` they stay in the batch, fed padding,
+        and their outputs are ignored: a shrinking batch would make a new graph (a recompile) for each size,
+        while on a launch-bound GPU a finished row costs next to nothing. Both give every live row exactly the
+        inputs it would have alone: rows never attend to one another.
+        """
         import torch
-        from transformers import DynamicCache
+        from transformers import DynamicCache, StaticCache
 
         dev, pad = self.device, int(self.tokenizer.pad_token_id)
         n = len(prompts)
@@ -485,8 +559,27 @@ class HFPolicy:
         budget = max(row_budget)
         stats.prompt_tokens += sum(len(p) for p in prompts)
 
-        cache = DynamicCache(config=self._lm.config)
         plan = self._plan_prefixes(prompts)
+        if plan is None:
+            width = max(len(p) for p in prompts)
+        else:
+            width = max(len(p) for p in plan[0]) + max(len(p) - pl for p, pl in zip(prompts, plan[2]))
+        total = width + budget  # the mask's final width: prompt columns + one per decode step (the last unused)
+        if static:  # rounded up so chunks of other prompt widths reuse a compiled step's shapes (no recompile)
+            total = -(-total // 128) * 128
+        cache: Any = StaticCache(config=self._lm.config, max_cache_len=total) if static else DynamicCache(
+            config=self._lm.config)
+
+        def select(idx: Any) -> None:  # keep these batch rows of the cache
+            if not static:
+                cache.batch_select_indices(idx)
+                return
+            for layer in cache.layers:
+                if getattr(layer, "is_initialized", False):
+                    layer.keys = layer.keys.index_select(0, idx)
+                    layer.values = layer.values.index_select(0, idx)
+                    layer.batch_size = int(idx.shape[0])
+
         with torch.no_grad():
             if plan is None:
                 suffixes, prefix_mask = prompts, None
@@ -497,7 +590,7 @@ class HFPolicy:
                 pos = (pmask.cumsum(-1) - 1).clamp(min=0)
                 self._forward(ids, pmask, pos, cache)
                 stats.encoded_tokens += int(pmask.sum())
-                cache.batch_select_indices(torch.tensor(row_group, device=dev))
+                select(torch.tensor(row_group, device=dev))
                 prefix_mask = pmask[torch.tensor(row_group, device=dev)]
                 suffixes = [p[pl:] for p, pl in zip(prompts, row_plen)]
             ids, smask = _left_pad(suffixes, pad, dev)
@@ -506,13 +599,16 @@ class HFPolicy:
             stats.encoded_tokens += int(smask.sum())
             logits = self._forward(ids, mask, positions, cache)
             next_pos = mask.sum(-1)  # the position of each row's next token
+            col = mask.shape[1]  # the mask column of the next token
+            if static:  # full width from the start: a step's shapes stay the same
+                mask = torch.cat([mask, torch.zeros((n, total - col), dtype=mask.dtype, device=dev)], dim=1)
 
             alive = list(range(n))  # row i of the live batch is prompt alive[i]
+            slots: list[int] = list(range(n))  # ... and row slots[i] of the cache (differ only when compiled)
             gen_ids: list[list[int]] = [[] for _ in range(n)]
             gen_lps: list[list[float]] = [[] for _ in range(n)]
             finish: list[str] = ["length"] * n
             stop_texts: list[str | None] = [None] * n
-            stop_ids = torch.tensor(sorted(self.stop_ids), device=dev)
             # one grammar matcher per constrained row (None: unconstrained, or its grammar was left, see below)
             grammar = self.tool_grammar_engine() if any(row_tools) else None
             matchers: list[Any] = [None if rt is None or grammar is None else
@@ -555,13 +651,27 @@ class HFPolicy:
                 tok_t = tok.to(dev)
                 if len(keep) < len(alive):
                     kt = torch.tensor(keep, device=dev)
-                    cache.batch_select_indices(kt)
-                    mask, next_pos, tok_t = mask[kt], next_pos[kt], tok_t[kt]
-                    alive = [alive[r] for r in keep]
-                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
-                logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache)
+                    alive, tok_t = [alive[r] for r in keep], tok_t[kt]
+                    if compiled:  # the row stays in the batch (fixed shapes), its output unused
+                        slots = [slots[r] for r in keep]
+                    else:
+                        select(kt)
+                        mask, next_pos = mask[kt], next_pos[kt]
+                        slots = list(range(len(alive)))
+                if compiled and len(alive) < n:
+                    full = torch.full((n,), pad, dtype=tok_t.dtype, device=dev)
+                    slot_t = torch.tensor(slots, device=dev)
+                    full[slot_t] = tok_t
+                    tok_t = full
+                if static:
+                    mask[:, col] = 1
+                else:
+                    mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
+                col += 1
+                logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache, compiled)
+                if compiled and len(alive) < n:
+                    logits = logits[slot_t]
                 next_pos = next_pos + 1
-        del stop_ids
         stats.generated_tokens += sum(len(g) for g in gen_ids)
         return [self._completion(p, g, lps, f, s) for p, g, lps, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
 
@@ -586,6 +696,10 @@ class HFPolicy:
             token_ids=tuple(ids),
             logprobs=tuple(lps),
         )
+
+
+class _CompileFailed(Exception):
+    """torch.compile of the decode step failed: the chunk is decoded again eagerly (see `_generate_chunk`)."""
 
 
 def _token_logprobs(logits: Any, targets: Any, temperature: float, constrained: tuple[Any, Any, Any] | None,

@@ -94,3 +94,89 @@ def test_lora_adapter_trains_and_can_be_disabled():
     assert pol.generate(convs(1), params)[0].token_ids == base
     pol.set_adapter_enabled(True)
     assert pol.generate(convs(1), params)[0].token_ids == tuned
+
+
+# ---- the static (pre-allocated) KV cache: same tokens, same log-probs as the dynamic one -------------------
+@pytest.fixture
+def kv(smol_policy):
+    """Set the policy's KV cache kind for one test and restore it (and prefix sharing) afterwards."""
+    old = (smol_policy.kv_cache, smol_policy.compile_decode, smol_policy.prefix_sharing)
+
+    def use(kind, sharing=None):
+        smol_policy.kv_cache, smol_policy.prefix_sharing = kind, sharing
+
+    yield use
+    smol_policy.kv_cache, smol_policy.compile_decode, smol_policy.prefix_sharing = old
+
+
+def mixed_convs():
+    # replies of different lengths: some rows stop early and leave the batch while others decode on
+    return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in (
+        "What is 3 plus 9?", "Say only: ok", "Explain in detail how to add 17 and 25, step by step.", "Hi")]
+
+
+@pytest.mark.parametrize("sharing", [False, True])
+def test_static_cache_equals_dynamic_with_rows_finishing_early(smol_policy, kv, sharing):
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=40, seed=3)
+    out = {}
+    for kind in ("dynamic", "static"):
+        kv(kind, sharing)
+        out[kind] = smol_policy.generate(mixed_convs(), params, seeds=[5, 6, 7, 8])
+        assert smol_policy.last_stats.shared_prefix is sharing
+    dyn, sta = out["dynamic"], out["static"]
+    lens = [len(c.token_ids) for c in dyn]
+    assert min(lens) < 40 and max(lens) == 40, lens  # the batch really lost rows while others went on
+    assert [c.finish_reason for c in sta] == [c.finish_reason for c in dyn]
+    for a, b in zip(dyn, sta):
+        assert a.token_ids == b.token_ids and a.text == b.text
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def test_static_cache_greedy_equals_model_generate_and_logprobs_are_the_models(smol_policy, kv):
+    kv("static")
+    comps = smol_policy.generate(convs(), SamplingParams(temperature=0, max_new_tokens=12))
+    for c in comps:
+        ids = torch.tensor([list(c.prompt_ids)])
+        ref = smol_policy.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        assert list(c.token_ids) == [int(t) for t in ref[0, ids.shape[1]:]][: len(c.token_ids)]
+    c = smol_policy.generate(convs(2), SamplingParams(temperature=0.8, max_new_tokens=10, seed=5))[1]
+    ids = torch.tensor([list(c.prompt_ids) + list(c.token_ids)])
+    with torch.no_grad():
+        logp = (smol_policy.model(ids).logits[0].float() / 0.8).log_softmax(-1)
+    n = len(c.prompt_ids)
+    assert c.logprobs == pytest.approx([logp[n - 1 + k, t].item() for k, t in enumerate(c.token_ids)], abs=1e-4)
+
+
+def test_static_cache_multi_turn_is_token_exact_and_logprobs_match_trajectory_logprobs(smol_policy, kv):
+    from espl.agents.rollout import Episode, rollout
+
+    from tests.agents.test_rollout import CountdownEnv
+
+    params = SamplingParams(temperature=0.9, max_new_tokens=6, seed=3)
+    eps = [Episode(seed=s, system_prompt=None if s % 2 else "Answer with one number.") for s in range(5)]
+    kv("dynamic")
+    dyn = rollout(CountdownEnv, smol_policy, eps, params, max_batch=4)
+    kv("static")
+    sta = rollout(CountdownEnv, smol_policy, eps, params, max_batch=4)
+    assert any(t.num_turns == 2 for t in sta)  # a second turn continues the first turn's exact tokens
+    for a, b in zip(dyn, sta):
+        assert a.token_ids == b.token_ids and a.mask == b.mask and a.messages == b.messages
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+        first = smol_policy.renderer.start(b.messages[: 2 if b.system_prompt else 1])
+        assert tuple(b.token_ids[: len(first.ids)]) == first.ids
+    with torch.no_grad():
+        lp = smol_policy.trajectory_logprobs(sta, [1.0] * len(sta), 0.9)
+    m = lp.mask.bool()
+    assert int(m.sum()) == sum(sum(t.mask) for t in sta)
+    torch.testing.assert_close(lp.logprobs[m], lp.old_logprobs[m], atol=1e-4, rtol=0)
+
+
+def test_kv_cache_choice_is_validated_and_auto_is_dynamic_on_cpu(smol_policy, kv):
+    from espl.agents.hf import HFPolicy
+
+    with pytest.raises(ValueError, match="kv_cache: must be one of dynamic, static, auto"):
+        HFPolicy(smol_policy.model, tokenizer=smol_policy.tokenizer, kv_cache="paged")
+    kv("auto")
+    assert not smol_policy._static_kv() and not smol_policy._compiled()  # measured: see docs/performance.md
+    kv("static")
+    assert smol_policy._static_kv()
