@@ -234,6 +234,9 @@ class MutatorConfig(_Section):
     critique_tokens: int = opt(160, "token budget of each critique [ref: 15000]", ge=1)
     revision_tokens: int = opt(192, "token budget of the revision plan [ref: 15000]", ge=1)
     overlap: bool = opt(True, "run the mutator alongside the RL update (needs a separate mutator model)")
+    pipeline: bool = opt(False, "run step t's mutation beside step t+1's rollouts and update; its child enters the "
+                                "pool at the end of step t+1 (one step late; kinds base/llamacpp/endpoint) "
+                                "[ref: the child enters at step t]")
 
 
 @dataclass(frozen=True)
@@ -405,6 +408,9 @@ class TrainConfig:
         m = self.mutator
         if m.threads < 1 and m.kind == "llamacpp":
             raise ConfigError(f"mutator.threads = {m.threads}: must be >= 1 with mutator.kind = 'llamacpp'")
+        if m.pipeline and m.kind == "policy":
+            raise ConfigError("mutator.pipeline = true: needs a frozen mutator (mutator.kind = base, llamacpp or "
+                              "endpoint); the policy's weights change while its mutation would run")
         if m.kind == "endpoint" and not m.base_url:
             raise ConfigError("mutator.base_url: required with mutator.kind = 'endpoint' (e.g. http://127.0.0.1:8080/v1)")
         if self.loss.cispo_clip_high <= self.loss.cispo_clip_low:

@@ -235,6 +235,51 @@ class Evolution:
     crossover_parents: tuple[PromptRecord, ...] = ()
 
 
+def _evidence(t: Trajectory) -> Trajectory:
+    """A trajectory as the mutator reads it (messages, reward, reason), through JSON: what a checkpoint stores of
+    an in-flight mutation (`PendingEvolution`), so the straight and the resumed run hand the mutator the same
+    thing. Token ids and log-probs are dropped (the mutator never reads them); non-JSON info values become text."""
+    data = json.loads(json.dumps({**t.to_dict(), "token_ids": [], "logprobs": [], "mask": []}, default=str))
+    return Trajectory.from_dict(data)
+
+
+@dataclass(frozen=True)
+class PendingEvolution:
+    """The inputs of step `step`'s mutation (and crossover) while it runs beside the next step (`mutator.pipeline`):
+    the parent as rated at that step's match (a snapshot: its child keeps that mu), the rollout groups, the
+    crossover evidence and the seed. Saved as JSON in the checkpoint; a resumed run restarts the mutation from it,
+    and a deterministic mutator then returns the same child."""
+
+    step: int
+    parent: PromptRecord
+    groups: tuple[RolloutGroup, ...]
+    crossover: CrossoverInputs | None
+    seed: int
+
+    @property
+    def has_work(self) -> bool:
+        """A mutation without a mixed problem (and no crossover) returns at once."""
+        return any(g.mixed for g in self.groups) or self.crossover is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        cross = self.crossover
+        return {"step": self.step, "parent": self.parent.to_dict(), "seed": self.seed,
+                "groups": [{"problem": g.problem, "answer": g.answer, "trajectories": [t.to_dict() for t in g.trajectories]}
+                           for g in self.groups],
+                "crossover": None if cross is None else {"parents": [p.to_dict() for p in cross.parents],
+                                                         "wins": [list(w) for w in cross.wins]}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PendingEvolution":
+        cross = data.get("crossover")
+        return cls(int(data["step"]), PromptRecord.from_dict(data["parent"]),
+                   tuple(RolloutGroup(g["problem"], g["answer"], tuple(Trajectory.from_dict(t) for t in g["trajectories"]))
+                         for g in data["groups"]),
+                   None if cross is None else CrossoverInputs([PromptRecord.from_dict(p) for p in cross["parents"]],
+                                                              [list(w) for w in cross["wins"]]),
+                   int(data["seed"]))
+
+
 # ---- the trainer -------------------------------------------------------------------------------------------
 
 
@@ -285,6 +330,9 @@ class Trainer:
         self.optimizer = self._make_optimizer() if self.learning else None
         self._tasks_env: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espl-mutator")
+        # mutator.pipeline: evolutions started in an earlier step (or restored from the checkpoint), oldest first;
+        # their children enter the pool at the end of the next step
+        self._pending: list[tuple[PendingEvolution, Future]] = []
         self._tb: Any = None
         # held-out evaluation (trainer/heldout.py): the latest results, the best checkpoint's record, and the step
         # that `train` ends with (it is evaluated whether or not it falls on evaluation.every)
@@ -344,7 +392,8 @@ class Trainer:
         selected = select_prompts(self.pool, cfg.selection.prompts_per_step, k, cfg.selection.strategy, rng)
 
         # 3. Rollouts: N per (prompt, problem), B*M*N episodes, ordered [M, B, N].
-        batch = self._rollouts(step, selected, problems)
+        with self._update_threads(self._pipeline_busy()):
+            batch = self._rollouts(step, selected, problems)
         t_rollout = time.perf_counter() - t0
 
         # 5. Rate (before the update, so the mutator, which needs the batch's best prompt, can run beside it).
@@ -356,14 +405,17 @@ class Trainer:
         evolution: Evolution | None = None
         if self.evolving:
             do_crossover = rng.random() < cfg.crossover.prob and len(match.distinct) >= 2  # drawn every step, as in ref
-            job, evolution = self._start_evolution(batch, match, do_crossover, step)
+            if cfg.mutator.pipeline:  # queued behind the previous step's; its child enters at the end of step + 1
+                self._submit(self._evolution_inputs(batch, match, do_crossover, step))
+            else:
+                job, evolution = self._start_evolution(batch, match, do_crossover, step)
         t_mut = time.perf_counter() - t_mut
 
         # 4. RL update of the weights on all episodes (skipping groups whose rollouts all got the same reward).
         t_upd = time.perf_counter()
         adv = advantages(batch.rewards, cfg.loss.baseline)
         keep = kept_groups(batch.rewards, cfg.loss.baseline)
-        with self._update_threads(job):
+        with self._update_threads(job is not None or self._pipeline_busy()):
             loss_value, n_tokens = self._update(batch, adv, keep) if self.learning else (0.0, 0)
         t_upd = time.perf_counter() - t_upd
         if job is not None:
@@ -373,10 +425,19 @@ class Trainer:
 
         # 8. New prompts enter the pool (FIFO beyond max_pool_size): crossover child first, then mutation child.
         child_id = self._add_children(evolution, match.best, step) if evolution is not None else -1
+        # mutator.pipeline: the previous step's evolution ends here (waited for) and its child enters now, so the
+        # newest-prompt rule of step 2 first sees it at step + 1; this step's stays in flight (in the checkpoint)
+        t_wait = time.perf_counter()
+        for inputs, future in [p for p in self._pending if p[0].step < step]:
+            evolution = future.result()
+            child_id = self._add_children(evolution, inputs.parent, step, mutated_at=inputs.step)
+        self._pending = [p for p in self._pending if p[0].step >= step]
+        t_mut += time.perf_counter() - t_wait
 
         # Held-out evaluation of this step's weights (newest, best-rated, no prompt); draws no training RNG.
         t_eval = time.perf_counter()
-        evaluation = self.evaluate(step) if self._evaluation_due(step) else ()
+        with self._update_threads(self._pipeline_busy()):
+            evaluation = self.evaluate(step) if self._evaluation_due(step) else ()
         t_eval = time.perf_counter() - t_eval if evaluation else 0.0
         top_result = headline(evaluation)
         test_reward = top_result.mean if top_result is not None else float("nan")
@@ -388,7 +449,7 @@ class Trainer:
             best_mu=top.mu, best_sigma=top.sigma, selected=";".join(str(r.id) for r in selected),
             prompt_scores=";".join(f"{s:.4f}" for s in match.slot_scores), skip_ratio=skip_ratio(keep),
             loss=loss_value, loss_tokens=n_tokens,
-            mutation=evolution.mutation.reason if evolution else "off",
+            mutation=evolution.mutation.reason if evolution else ("pending" if self._pending else "off"),
             mutation_rejected_ops=sum(evolution.mutation.rejected.values()) if evolution else 0,
             child_id=child_id,
             crossover=evolution.crossover.reason if evolution and evolution.crossover else "off",
@@ -451,9 +512,33 @@ class Trainer:
             return self._executor.submit(self._in_mutator_thread, run), None
         return None, run()
 
+    def _evolution_inputs(self, batch: "StepBatch", match: "Match", do_crossover: bool, step: int) -> PendingEvolution:
+        """Step 6/7's inputs for a pipelined evolution, as they are checkpointed (`PendingEvolution`)."""
+        tasks = [self._env().make_task(p) for p in batch.problems]
+        slot_of = batch.best_slot()
+        snapshot: dict[int, PromptRecord] = {r.id: PromptRecord.from_dict(r.to_dict()) for r in match.distinct}
+        groups = tuple(RolloutGroup(tasks[b].prompt, str(tasks[b].answer),
+                                    tuple(_evidence(t) for t in batch.group(slot_of[match.best.id], b)))
+                       for b in range(len(batch.problems)))
+        crossover = (self._crossover_inputs(list(match.distinct), match.best, batch.rewards, slot_of, tasks)
+                     if do_crossover else None)
+        if crossover is not None:
+            crossover = CrossoverInputs([snapshot[p.id] for p in crossover.parents], crossover.wins)
+        return PendingEvolution(step, snapshot[match.best.id], groups, crossover, derive_seed(self.cfg.seed, "mutate", step))
+
+    def _submit(self, inputs: PendingEvolution) -> None:
+        run = functools.partial(self._evolve, inputs.parent, list(inputs.groups), inputs.crossover, inputs.seed)
+        self._pending.append((inputs, self._executor.submit(self._in_mutator_thread, run)))
+
+    def _pipeline_busy(self) -> bool:
+        """A pipelined mutation with real work is in flight: a fact of the steps' rewards, never of timing (so the
+        thread counts, and with them the numerics, are the same in a resumed run)."""
+        return any(inputs.has_work for inputs, _ in self._pending)
+
     # -- step 8 in detail --
-    def _add_children(self, evolution: "Evolution", best: PromptRecord, step: int) -> int:
-        """Adds the crossover child, then the mutation child; returns the mutation child's id (-1: none)."""
+    def _add_children(self, evolution: "Evolution", best: PromptRecord, step: int, mutated_at: int | None = None) -> int:
+        """Adds the crossover child, then the mutation child (born at `step`, the step they enter the pool; a
+        pipelined evolution was made at `mutated_at`, the step before); returns the mutation child's id (-1: none)."""
         cfg, child_id = self.cfg, -1
         cross = evolution.crossover
         if cross is not None and cross.principles is not None:
@@ -463,7 +548,8 @@ class Trainer:
         if mut.principles is not None:
             mu, sigma = mutation_rating(best, cfg.mutator.sigma)  # paper §3: child σ' = sqrt(σ² + 1)
             child_id = self.pool.add(mut.principles, mu, sigma, [best.id], "mutation", step).id
-        self._log_mutation(step, best, evolution)
+        self._log_mutation(step if mutated_at is None else mutated_at, best, evolution,
+                           entered=None if mutated_at is None else step)
         return child_id
 
     # -- step 4 in detail --
@@ -526,14 +612,15 @@ class Trainer:
         return run()
 
     @contextlib.contextmanager
-    def _update_threads(self, job: Future | None):
-        """While an overlapped mutation runs beside it on the CPU, the update leaves the mutator its threads:
+    def _update_threads(self, busy: bool):
+        """While an overlapped mutation runs beside it on the CPU (`busy`), the update (and, pipelined, the
+        rollouts) leave the mutator its threads:
         OpenMP threads that outnumber the cores spin-wait on each other (measured on 2 cores: a 3.4 s update
         took 10-16 s beside a 1-thread mutator)."""
         import torch
 
         on_cpu = not str(self.cfg.device).startswith("cuda")
-        if job is None or not on_cpu or self.cfg.mutator.threads <= 0:  # never job.done(): timing-dependent
+        if not busy or not on_cpu or self.cfg.mutator.threads <= 0:  # never job.done(): timing-dependent
             yield
             return
         before = torch.get_num_threads()
@@ -599,13 +686,15 @@ class Trainer:
         return self.evaluate()
 
     # -- persistence --
-    def _log_mutation(self, step: int, best: PromptRecord, evolution: "Evolution") -> None:
+    def _log_mutation(self, step: int, best: PromptRecord, evolution: "Evolution", entered: int | None = None) -> None:
         if self.run_dir is None:
             return
         mut, cross = evolution.mutation, evolution.crossover
-        record = {"step": step, "parent": best.id, "reason": mut.reason, "rejected": mut.rejected,
-                  "constrained": mut.constrained, "principles": mut.principles,
-                  "calls": [{"prompt": p, "reply": r} for p, r in mut.calls]}
+        record: dict[str, Any] = {"step": step, "parent": best.id, "reason": mut.reason, "rejected": mut.rejected,
+                                  "constrained": mut.constrained, "principles": mut.principles,
+                                  "calls": [{"prompt": p, "reply": r} for p, r in mut.calls]}
+        if entered is not None:  # mutator.pipeline: the step whose end wrote it (what a resume truncates by)
+            record["entered"] = entered
         if cross is not None:
             record["crossover"] = {"reason": cross.reason, "parents": [p.id for p in evolution.crossover_parents],
                                    "principles": cross.principles,
@@ -708,7 +797,7 @@ class Trainer:
         import torch
 
         state = {"step": self.step_count, "pool": self.pool.to_dict(), "metrics": [asdict(m) for m in self.metrics],
-                 "config": self.cfg.to_dict()}
+                 "config": self.cfg.to_dict(), "pending_evolutions": [inputs.to_dict() for inputs, _ in self._pending]}
         tensors = self.policy.adapter_state() if self.learning else {}
         return (state, tensors, self.optimizer.state_dict() if self.optimizer else None,
                 {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()})
@@ -727,6 +816,11 @@ class Trainer:
             torch.set_rng_state(loaded.rng["torch"])
             random.setstate(loaded.rng["python"])
             np.random.set_state(loaded.rng["numpy"])
+        # mutator.pipeline: the evolution that was in flight when the checkpoint was written starts again from its
+        # inputs (the checkpoint holds no thread); its child enters at the end of the next step, as it would have
+        if self.evolving:
+            for data in loaded.state.get("pending_evolutions", []):
+                self._submit(PendingEvolution.from_dict(data))
         # drop what a step cut off after the checkpoint wrote (its metrics row, its mutation record): the
         # resumed run writes them again
         self._write_csv()
@@ -744,9 +838,10 @@ class Trainer:
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                if int(json.loads(line)["step"]) < self.step_count:
+                record = json.loads(line)
+                if int(record.get("entered", record["step"])) < self.step_count:  # pipelined: when it entered
                     kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a line cut off by a kill
         tmp = path.with_name(name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
