@@ -9,6 +9,12 @@
     python benchmarks/rollout.py                      # SmolLM2-135M on espl/Math-v0, batch 32, 64 new tokens
     python benchmarks/rollout.py --batch 64 --max-new-tokens 128 --success 128
     python benchmarks/rollout.py --model qwen2.5-coder-0.5b --success 64
+    python benchmarks/rollout.py --kv-compare 1,8,32 --threads 1   # KV cache kinds side by side (below)
+
+--kv-cache picks HFPolicy's decode cache for the rollout rows (dynamic / static / auto). --kv-compare B1,B2,..
+instead measures, per batch size and in one run, `HFPolicy.generate_tokens` with the dynamic cache, the static
+cache, and the static cache with the compiled decode step (--compile; its first call compiles and is not timed)
+against bare `generate` with the dynamic cache and `generate(cache_implementation="static")`, then exits.
 
 Tokens counted are "useful" ones: per row up to and including its end-of-turn token (bare `generate` keeps
 stepping finished rows until the longest is done; that cost is what a batch pays, so it is counted in its
@@ -22,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 SYSTEM_PROMPT = (
@@ -65,6 +70,11 @@ def main() -> None:
                     help="a randomly initialised model from DIR's config.json + tokenizer (throughput only: where "
                          "the weights cannot travel, e.g. a GPU box; it never says end-of-turn, so every row runs "
                          "to --max-new-tokens)")
+    ap.add_argument("--kv-cache", choices=("dynamic", "static", "auto"), default="auto",
+                    help="HFPolicy's KV cache for the rollout rows (auto: the device's default, see agents/hf.py)")
+    ap.add_argument("--kv-compare", default=None, metavar="BATCHES",
+                    help="compare the KV cache kinds at these batch sizes (comma-separated), then exit")
+    ap.add_argument("--compile", action="store_true", help="--kv-compare: also the static cache + compiled step")
     args = ap.parse_args()
 
     import torch
@@ -90,6 +100,10 @@ def main() -> None:
         args.model = f"random-init:{args.random_init}"
     else:
         policy = HFPolicy(args.model, device=args.device, max_batch=max(args.batch, 1))
+    policy.kv_cache = args.kv_cache
+    if args.kv_compare:
+        args.batch = max(int(b) for b in args.kv_compare.split(","))
+        policy.max_batch = args.batch
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s on {args.device}; "
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
@@ -137,6 +151,10 @@ def main() -> None:
         rollout(env_source, policy, eps, params, env_kwargs=env_kwargs, max_batch=max_batch, stats=st)
         policy.prefix_sharing = None
         return st
+
+    if args.kv_compare:
+        kv_compare(policy, prompts, [int(b) for b in args.kv_compare.split(",")], args)
+        return
 
     # correctness on this device: greedy decoding of the rollout's decoder equals transformers' own
     chk = policy.generate_tokens(prompts[:4], SamplingParams(temperature=0, max_new_tokens=16))
@@ -193,6 +211,73 @@ def main() -> None:
             print(f"  success on {args.env} test ({args.success} episodes, {prompt_name}, "
                   f"{args.success_max_new_tokens} tokens): {r.success_rate:.1%}; mean reward {r.mean_reward:.3f} "
                   f"± {r.ci95:.3f}; {r.reasons}", flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+def kv_compare(policy, prompts, batches, args) -> None:
+    """tokens/s of our decode loop per KV cache kind vs bare `generate` (dynamic, static), same prompts and
+    sampling, medians over --repeats; useful tokens only (see the module docstring)."""
+    import torch
+
+    from espl.types import SamplingParams
+
+    tok, stop_ids = policy.tokenizer, policy.stop_ids
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
+
+    def ours(rows, kind, compiled) -> float:
+        policy.kv_cache, policy.compile_decode = kind, compiled
+        policy.generate_tokens(rows, params)
+        assert not policy._compile_failed, "torch.compile of the decode step failed (see the log)"
+        return policy.last_stats.generated_tokens / policy.last_stats.seconds
+
+    def bare(rows, cache) -> float:
+        enc = tok.pad({"input_ids": [list(p) for p in rows]}, return_tensors="pt", padding=True)
+        enc = {k: v.to(policy.device) for k, v in enc.items()}
+        extra = {"cache_implementation": "static"} if cache == "static" else {}
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = policy.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.95, top_k=0,
+                                        max_new_tokens=args.max_new_tokens, eos_token_id=sorted(stop_ids),
+                                        pad_token_id=tok.pad_token_id, **extra)
+        dt = time.perf_counter() - t
+        return sum(useful_lengths(out[:, enc["input_ids"].shape[1]:].tolist(), stop_ids)) / dt
+
+    variants = {"ours dynamic": lambda r: ours(r, "dynamic", False), "ours static": lambda r: ours(r, "static", False),
+                "generate dynamic": lambda r: bare(r, "dynamic"), "generate static": lambda r: bare(r, "static")}
+    if args.compile:
+        variants["ours static+compile"] = lambda r: ours(r, "static", True)
+    # same seeds, both caches: the tokens must agree (what makes the comparison one of speed alone)
+    policy.kv_cache = "dynamic"
+    a = policy.generate_tokens(prompts[:4], params)
+    policy.kv_cache = "static"
+    b = policy.generate_tokens(prompts[:4], params)
+    same = sum(x.token_ids == y.token_ids for x, y in zip(a, b))
+    print(f"static vs dynamic: {same}/{len(a)} rows token-identical", flush=True)
+    res: dict = {"model": args.model, "device": args.device, "torch_threads": torch.get_num_threads(),
+                 "max_new_tokens": args.max_new_tokens, "load_average": os.getloadavg(),
+                 "static_rows_identical": same, "batches": {}}
+    for batch in batches:
+        rows = prompts[:batch]
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for k, f in variants.items():  # warm-up per batch size (the first variant), and the compile (compiled)
+            if k == "ours dynamic" or "compile" in k:
+                t = time.perf_counter()
+                f(rows)
+                print(f"  batch {batch}: {k} warm-up {time.perf_counter() - t:.1f} s", flush=True)
+        for _ in range(args.repeats):
+            for k, f in variants.items():
+                times[k].append(f(rows))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best_hf = max(med["generate dynamic"], med["generate static"])
+        res["batches"][batch] = {"tok_s": med, "all": times, "best_hf": best_hf}
+        print(f"batch {batch}: " + " | ".join(f"{k} {v:.1f} tok/s" for k, v in med.items()), flush=True)
+        print("  vs generate dynamic: " + ", ".join(f"{k} {v / med['generate dynamic']:.2f}x"
+                                                     for k, v in med.items() if k.startswith("ours"))
+              + "; vs the best HF path: " + ", ".join(f"{k} {v / best_hf:.2f}x"
+                                                        for k, v in med.items() if k.startswith("ours")), flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(res, f, indent=2)

@@ -180,3 +180,35 @@ def test_kv_cache_choice_is_validated_and_auto_is_dynamic_on_cpu(smol_policy, kv
     assert not smol_policy._static_kv() and not smol_policy._compiled()  # measured: see docs/performance.md
     kv("static")
     assert smol_policy._static_kv()
+
+
+def _static_compiled_equals_dynamic(pol):
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=40, seed=3)
+    pol.kv_cache = "dynamic"
+    dyn = pol.generate(mixed_convs(), params, seeds=[5, 6, 7, 8])
+    pol.kv_cache, pol.compile_decode = "static", True
+    sta = pol.generate(mixed_convs(), params, seeds=[5, 6, 7, 8])
+    assert not pol._compile_failed
+    assert min(len(c.token_ids) for c in dyn) < 40  # finished rows stayed in the batch, fed padding
+    for a, b in zip(dyn, sta):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def test_static_cache_with_finished_rows_kept_in_the_batch_equals_dynamic(smol_policy, kv):
+    """The compiled path's batch handling (finished rows stay, fed padding, outputs ignored), run through the
+    model's eager forward in place of the torch.compile of it (the compile itself: the slow test below)."""
+    old = smol_policy._compiled_forward
+    smol_policy._compiled_forward = smol_policy._lm.forward
+    try:
+        _static_compiled_equals_dynamic(smol_policy)
+    finally:
+        smol_policy._compiled_forward = old
+
+
+@pytest.mark.slow
+def test_static_cache_compiled_decode_equals_dynamic():
+    """torch.compile of the decode step (~1 minute of compiling on a CPU): same tokens and log-probs."""
+    from espl.agents.hf import HFPolicy
+
+    _static_compiled_equals_dynamic(HFPolicy("smollm2-135m"))
