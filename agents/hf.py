@@ -13,6 +13,11 @@ because a rollout needs four things `generate` does not give together:
   batch never keeps decoding padding for its longest member.
 - **Stop strings** and an exact record of which ids were sampled.
 
+The KV cache is `kv_cache="dynamic"` (grown each step), `"static"` (transformers' `StaticCache`, pre-allocated
+to the chunk's length: what lets the decode step be compiled, `compile_decode`) or `"auto"` (static + compiled
+on CUDA, dynamic on CPU; see `_static_kv` and docs/performance.md). Both give the same tokens and log-probs
+for the same seeds, with shared prefixes, finished rows leaving and multi-turn prompts alike.
+
 `logprobs[i]` is log softmax(logits / T) at the sampled token: the distribution sampled from, before top-p
 truncation (T = 1 when greedy, i.e. the model's own log-prob). Prompts are left-padded; positions come
 from the attention mask, so padding never shifts a row's positions.
@@ -485,9 +490,10 @@ class HFPolicy:
 
         "auto" is static on CUDA: there eager decoding is launch-bound (14-15 ms a step for Qwen2.5-0.5B on an
         H200 at any batch) and a static cache is what lets the step be compiled into CUDA graphs (2.6-5x in HF
-        `generate`, docs/performance.md). On CPU it is dynamic: measured on this project's 2-core CPU with
-        SmolLM2-135M the eager static cache was not faster (docs/performance.md, "CPU"): attention runs over the
-        whole pre-allocated length every step, which costs what the dynamic cache's concatenation saves.
+        `generate`, docs/performance.md). On CPU it is dynamic: measured with SmolLM2-135M on a 2-core CPU
+        (docs/performance.md, "CPU") the eager static cache was 0.84-1.01x of the dynamic one at batch 1/8/32
+        (attention runs over the whole pre-allocated length every step), and compiling it gave 1.21x / 1.11x /
+        0.92x per step but cost 50-150 s of compiling per batch size, more than a rollout of a few steps saves.
         """
         if self.kv_cache == "auto":
             return self.device.type == "cuda"
