@@ -279,8 +279,8 @@ def kv_compare(policy, prompts, batches, args) -> None:
               + "; vs the best HF path: " + ", ".join(f"{k} {v / best_hf:.2f}x"
                                                         for k, v in med.items() if k.startswith("ours")), flush=True)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        with open(args.json_out, "w") as out:
+            json.dump(res, out, indent=2)
 
 
 if __name__ == "__main__":
