@@ -32,6 +32,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from typing import Any
 
 
 def median_after_warmup(xs: list[float]) -> float:
@@ -72,7 +73,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # key -> (label, TrainConfig keywords
 DEFAULT_VARIANTS = ("rl", "overlap", "overlap-all-threads", "sequential", "llamacpp")
 
 
-def espl_vs_rl(steps: int, overrides: list[str], keys: list[str]) -> None:
+def espl_vs_rl(steps: int, overrides: list[str], keys: list[str], blocks: bool = False) -> None:
     from espl.trainer.espl import TrainConfig, Trainer, build_mutator, build_policy
 
     unknown = [k for k in keys if k not in VARIANTS]
@@ -89,13 +90,17 @@ def espl_vs_rl(steps: int, overrides: list[str], keys: list[str]) -> None:
             timed[name] = TimedMutator(build_mutator(cfg, policy))
         trainers[name] = Trainer(cfg, None, policy=policy, mutator=timed.get(name))
     times: dict[str, dict[str, list[float]]] = {n: {"total": [], "rollout": [], "update": [], "mutation": []} for n in trainers}
-    for step in range(steps):
-        for name, tr in trainers.items():
-            m = tr.step()
-            for key in ("total", "rollout", "update", "mutation"):
-                times[name][key].append(getattr(m, f"time_{key}"))
-            print(f"  step {step} {name:31s} total {m.time_total:6.1f}s  rollout {m.time_rollout:6.1f}  update "
-                  f"{m.time_update:6.1f}  mutation {m.time_mutation:6.1f}  ({m.mutation})", flush=True)
+    # interleaved: (step, variant); --blocks: (variant, step), so a pipelined variant's in-flight mutation (in its
+    # llama.cpp server) overlaps only its own next step, never another variant's timed step
+    order = ([(n, s) for n in trainers for s in range(steps)] if blocks else
+             [(n, s) for s in range(steps) for n in trainers])
+    for name, step in order:
+        tr = trainers[name]
+        m = tr.step()
+        for key in ("total", "rollout", "update", "mutation"):
+            times[name][key].append(getattr(m, f"time_{key}"))
+        print(f"  step {step} {name:31s} total {m.time_total:6.1f}s  rollout {m.time_rollout:6.1f}  update "
+              f"{m.time_update:6.1f}  mutation {m.time_mutation:6.1f}  ({m.mutation})", flush=True)
     for tr in trainers.values():
         tr.close()
     cfg = variants["rl"]
@@ -135,7 +140,7 @@ def ours_vs_trl(steps: int) -> None:
                                  "rollout.rollouts_per_pair": 4, "rollout.max_new_tokens": 64, "rollout.temperature": 0.7,
                                  "rollout.top_p": 0.95, "lora.rank": 16, "lora.alpha": 32,
                                  "optimizer.learning_rate": 1e-4, "seed": 0})
-    env = gym.make(cfg.env).unwrapped
+    env: Any = gym.make(cfg.env).unwrapped  # a MultiTurnEnv (make_task, task_messages)
     # the same prompts in the same order: our batches, flattened
     indices = [i for s in range(steps) for i in batch_indices(cfg, s)]
     tasks = [env.make_task(i) for i in indices]
@@ -211,11 +216,14 @@ def determinism(model: str, threads: int) -> None:
     if inputs is None:
         raise SystemExit("no step with a mixed problem in 6 steps; try another --set seed=")
     mutator = tr.mutator
-    runs = [mutator.mutate(inputs.parent.principles, list(inputs.groups), inputs.seed) for _ in range(2)]
-    same = [a == b for a, b in zip(runs[0].calls, runs[1].calls)]
-    print(f"llama.cpp mutator {model} ({threads} thread(s)), step {inputs.step}'s mutation twice with seed "
-          f"{inputs.seed}: {sum(same)}/{len(same)} calls identical, child identical: "
-          f"{runs[0].principles == runs[1].principles} ({runs[0].reason}; {[round(s, 1) for s in mutator.seconds]} s)")
+    first = tr._pending[-1][1].result().mutation  # the pipelined run of it, alone on the server once done
+    runs = [first] + [mutator.mutate(inputs.parent.principles, list(inputs.groups), inputs.seed) for _ in range(2)]
+    for i in (1, 2):
+        same = [a == b for a, b in zip(runs[0].calls, runs[i].calls)]
+        print(f"llama.cpp mutator {model} ({threads} thread(s)), step {inputs.step}'s mutation, run {i + 1} vs run 1 "
+              f"(seed {inputs.seed}): {sum(same)}/{len(same)} calls identical (of {len(runs[i].calls)}), child "
+              f"identical: {runs[0].principles == runs[i].principles} ({runs[0].reason} / {runs[i].reason})")
+    print(f"  mutation wall times: {[round(s, 1) for s in mutator.seconds]} s")
     tr.close()
 
 
@@ -226,6 +234,7 @@ def main() -> None:
     ap.add_argument("--trl", action="store_true", help="also run part 2 (TRL GRPOTrainer)")
     ap.add_argument("--only-trl", action="store_true", help="run part 2 only")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"part 1's variants, comma-separated: {list(VARIANTS)}")
+    ap.add_argument("--blocks", action="store_true", help="part 1: each variant's steps in a row, not interleaved")
     ap.add_argument("--determinism", action="store_true", help="only check that the llama.cpp mutator repeats itself")
     ap.add_argument("--mutator-model", default="smollm2-135m", help="--determinism: the mutator's GGUF model")
     args = ap.parse_args()
@@ -236,7 +245,8 @@ def main() -> None:
         determinism(args.mutator_model, 1)
         return
     if not args.only_trl:
-        espl_vs_rl(args.steps, args.overrides, [k.strip() for k in args.variants.split(",") if k.strip()])
+        espl_vs_rl(args.steps, args.overrides, [k.strip() for k in args.variants.split(",") if k.strip()],
+                   args.blocks)
     if args.trl or args.only_trl:
         ours_vs_trl(args.steps)
 
