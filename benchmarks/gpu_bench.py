@@ -14,7 +14,9 @@ the time budget `--budget-s` is spent; results are rewritten to OUT_DIR/gpu_benc
    sequences: forward, the importance-sampled REINFORCE loss of trainer/loss.py on generated tokens only,
    backward, Adam step.
 3. `espl_hfpolicy`: our `HFPolicy.generate` (chat template, left padding, token ids and log-probs) on the
-   same batch sizes, when `espl.agents.hf` imports on the machine.
+   same batch sizes, when `espl.agents.hf` imports on the machine, with the dynamic KV cache; and, right
+   after `hf_dynamic`, `espl_hfpolicy_static`: the same with `kv_cache="static"` and the compiled decode step
+   (batch 1/8/32/64; first call = compile).
 4. `trl_grpo`: TRL `GRPOTrainer` + the same LoRA, same prompt length, completions, temperature and top-p,
    one prompt x 8 completions per step, when TRL imports; next to it our equivalent step
    (`hf_dynamic` at batch 8 + `train_step` at batch 8) measured in the same run.
@@ -291,12 +293,15 @@ def bench_train(rep: Report, clock: Clock, model, mname: str, batches: list[int]
     return times
 
 
-def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[int], args, min_left: float) -> None:
+def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[int], args, min_left: float,
+                   kv: str = "dynamic") -> None:
     """Our HFPolicy.generate on chat conversations whose rendered prompts are about prompt_len tokens.
 
-    Rows `espl_hfpolicy`: distinct user messages (only the system prompt is shared), no adapter.
-    Row `espl_hfpolicy_group_lora`: one conversation x 8 (a GRPO group, as in the TRL comparison) with a
-    LoRA r16 adapter attached, as during training.
+    Rows `espl_hfpolicy`: distinct user messages (only the system prompt is shared), no adapter, dynamic KV
+    cache. Row `espl_hfpolicy_group_lora`: one conversation x 8 (a GRPO group, as in the TRL comparison) with a
+    LoRA r16 adapter attached, as during training. With kv="static": rows `espl_hfpolicy_static`, the static
+    KV cache with the compiled decode step (HFPolicy's CUDA default; its first call per batch size compiles and
+    is reported as first_call_s), no LoRA row.
     """
     try:
         from transformers import AutoTokenizer
@@ -312,7 +317,10 @@ def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[i
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
     # HFPolicy stops at end-of-turn; a random model samples one of its 2-3 stop ids with probability
     # ~2e-5 per token, so lengths stay fixed in practice, and tokens/s counts the tokens really generated.
-    cases = [("espl_hfpolicy", bs, False) for bs in batches] + [("espl_hfpolicy_group_lora", 8, True)]
+    if kv == "static":
+        cases = [("espl_hfpolicy_static", bs, False) for bs in batches]
+    else:
+        cases = [("espl_hfpolicy", bs, False) for bs in batches] + [("espl_hfpolicy_group_lora", 8, True)]
     policy = None
     for section, bs, group in cases:
         if clock.left() < min_left:
@@ -327,7 +335,8 @@ def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[i
         try:
             if policy is None or group:
                 lora = LoraSettings(r=args.lora_r, alpha=2 * args.lora_r) if group else None
-                policy = HFPolicy(model, tokenizer=tok, device=args.device, max_batch=max(batches + [8]), lora=lora)
+                policy = HFPolicy(model, tokenizer=tok, device=args.device, max_batch=max(batches + [8]), lora=lora,
+                                  kv_cache=kv, compile_decode=kv == "static")
             with torch.inference_mode():
                 warm_s, _ = timed(lambda: policy.generate(convs, params), args.device)
                 ts, n_tok = [], 0
@@ -343,7 +352,8 @@ def bench_hfpolicy(rep: Report, clock: Clock, model, mname: str, batches: list[i
         med = statistics.median(ts)
         rep.add(section=section, model=mname, batch=bs, prompt_len=round(plen, 1),
                 new_tokens=args.new_tokens, generated_tokens=n_tok, seconds=round(med, 4),
-                tokens_per_s=round(n_tok / med, 1), first_call_s=round(warm_s, 2), shared_prefix=shared,
+                tokens_per_s=round(n_tok / med, 1), first_call_s=round(warm_s, 2), shared_prefix=shared, kv_cache=kv,
+                compile_failed=bool(policy._compile_failed),
                 lora_r=args.lora_r if group else None, reps=[round(t, 4) for t in ts])
     if policy is not None and policy.lora is not None:
         policy.model.unload()  # leave the base model as it was for the next section
@@ -489,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {mname}: {n / 1e6:.1f} M parameters in {t_build:.1f} s", flush=True)
         if "hf_dynamic" not in skip:
             bench_generate(rep, clock, model, mname, "hf_dynamic", batches, args, min_left=25)
+        if not big and "espl_hfpolicy_static" not in skip:
+            # the static-cache decode path (issue 17) next to hf_dynamic, batch 1/8/32/64: one compile per batch
+            # size; the largest and the smallest first, they bound the curve
+            order = sorted(batches, key=lambda b: (b not in (max(batches), min(batches)), b))
+            bench_hfpolicy(rep, clock, model, mname, order, args, min_left=60, kv="static")
         if "train_step" not in skip:
             bench_train(rep, clock, model, mname, train_batches, args, min_left=20)
             free(args.device)
