@@ -14,8 +14,8 @@ because a rollout needs four things `generate` does not give together:
 - **Stop strings** and an exact record of which ids were sampled.
 
 The KV cache is `kv_cache="dynamic"` (grown each step), `"static"` (transformers' `StaticCache`, pre-allocated
-to the chunk's length: what lets the decode step be compiled, `compile_decode`) or `"auto"` (static + compiled
-on CUDA, dynamic on CPU; see `_static_kv` and docs/performance.md). Both give the same tokens and log-probs
+to the chunk's length: what lets the decode step be compiled, `compile_decode`) or `"auto"` (dynamic until the
+static path is measured on a GPU; see `_static_kv` and docs/performance.md). Both give the same tokens and log-probs
 for the same seeds, with shared prefixes, finished rows leaving and multi-turn prompts alike.
 
 `logprobs[i]` is log softmax(logits / T) at the sampled token: the distribution sampled from, before top-p
@@ -488,16 +488,16 @@ class HFPolicy:
     def _static_kv(self) -> bool:
         """Whether the decode loop pre-allocates its KV cache (`kv_cache`; "auto" decides by device).
 
-        "auto" is static on CUDA: there eager decoding is launch-bound (14-15 ms a step for Qwen2.5-0.5B on an
-        H200 at any batch) and a static cache is what lets the step be compiled into CUDA graphs (2.6-5x in HF
-        `generate`, docs/performance.md). On CPU it is dynamic: measured with SmolLM2-135M on a 2-core CPU
+        "auto" is dynamic on every device for now. On CUDA eager decoding is launch-bound (14-15 ms a step for
+        Qwen2.5-0.5B on an H200 at any batch) and a static cache is what lets the step be compiled into CUDA
+        graphs (2.6-5x in HF `generate`, docs/performance.md), but this decode loop's static path has not run on
+        a GPU yet: `kv_cache="static"` opts in there, and `benchmarks/gpu_bench.py`'s espl_hfpolicy_static row
+        is the measurement that should make it the CUDA default. On CPU: measured with SmolLM2-135M on a 2-core CPU
         (docs/performance.md, "CPU") the eager static cache was 0.84-1.01x of the dynamic one at batch 1/8/32
         (attention runs over the whole pre-allocated length every step), and compiling it gave 1.21x / 1.11x /
         0.92x per step but cost 50-150 s of compiling per batch size, more than a rollout of a few steps saves.
         """
-        if self.kv_cache == "auto":
-            return self.device.type == "cuda"
-        return self.kv_cache == "static"
+        return self.kv_cache == "static"  # "auto": dynamic, see above
 
     def _compiled(self) -> bool:
         """Whether the static decode step runs through torch.compile (`compile_decode`; None: on CUDA only, where

@@ -210,6 +210,7 @@ class PolicySpec:
         ("openai"; "llamacpp" uses tool_format and timeout_s too).
     threads: CPU threads: llama.cpp's server threads ("llamacpp"); for hf, torch's (None: leave torch's).
     parallel, ctx_per_slot: llama.cpp server slots and tokens of context per slot.
+    kv_cache: hf's decode cache: "dynamic", "static" (pre-allocated; compiled on CUDA) or "auto" (agents/hf.py).
     """
 
     backend: Backend = "hf"
@@ -229,6 +230,7 @@ class PolicySpec:
     threads: int | None = None
     parallel: int = 4
     ctx_per_slot: int = 2048
+    kv_cache: Literal["dynamic", "static", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -241,6 +243,8 @@ class PolicySpec:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.tool_format not in ("native", "hermes"):
             raise ValueError(f"tool_format: must be native or hermes, got {self.tool_format!r}")
+        if self.kv_cache not in ("dynamic", "static", "auto"):
+            raise ValueError(f"kv_cache: must be dynamic, static or auto, got {self.kv_cache!r}")
         for name in ("max_batch", "max_concurrency", "parallel", "ctx_per_slot"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
@@ -300,7 +304,8 @@ def build_policy(spec: PolicySpec) -> Policy:
             torch.manual_seed(spec.lora_init_seed)  # LoRA A matrices are random: same seed, same start
         from espl.agents.hf import HFPolicy
 
-        hf = HFPolicy(spec.model, lora=spec.lora, device=spec.device, dtype=spec.dtype, max_batch=spec.max_batch)
+        hf = HFPolicy(spec.model, lora=spec.lora, device=spec.device, dtype=spec.dtype, max_batch=spec.max_batch,
+                      kv_cache=spec.kv_cache)
         if spec.adapter:
             from safetensors.torch import load_file
 

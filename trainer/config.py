@@ -382,6 +382,9 @@ class TrainConfig:
     device: str = opt("cpu", "where the policy (and a base-model mutator) run: cpu, cuda, cuda:N, mps")
     dtype: Dtype = opt("auto", "model weights: auto (float32), float32, bfloat16, float16")
     max_batch: int = opt(64, "sequences decoded at once (larger batches are split)", ge=1)
+    kv_cache: Literal["auto", "dynamic", "static"] = opt(
+        "auto", "the HF policy's decode KV cache: dynamic, static (pre-allocated; compiled on CUDA), or auto "
+                "(dynamic until the static path is measured on a GPU; docs/performance.md)")
     data: DataConfig = opt(factory=DataConfig)
     selection: SelectionConfig = opt(factory=SelectionConfig)
     rollout: RolloutConfig = opt(factory=RolloutConfig)

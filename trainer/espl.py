@@ -91,7 +91,7 @@ def policy_spec(cfg: TrainConfig) -> Any:
     from espl.agents.policy import LoraSettings, PolicySpec
 
     return PolicySpec(backend="hf", model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
-                      lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout),
+                      kv_cache=cfg.kv_cache, lora=LoraSettings(r=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout),
                       lora_init_seed=derive_seed(cfg.seed, "lora-init"))  # LoRA A is random: same seed, same start
 
 
@@ -109,7 +109,8 @@ def mutator_spec(cfg: TrainConfig) -> Any:
         return PolicySpec(backend="openai", base_url=m.base_url, model=model)
     if m.kind == "llamacpp":
         return PolicySpec(backend="llamacpp", model=model, threads=m.threads)
-    return PolicySpec(backend="hf", model=model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch)
+    return PolicySpec(backend="hf", model=model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
+                      kv_cache=cfg.kv_cache)
 
 
 def build_policy(cfg: TrainConfig) -> Any:
