@@ -155,7 +155,8 @@ def test_training_steps_on_ray_equal_local_steps(ray_cluster, tmp_path):
 
     cfg = TrainConfig.from_dict({"mode": "rl", "data.batch_problems": 2, "rollout.rollouts_per_pair": 4,
                                  "rollout.max_new_tokens": 24, "rollout.temperature": 1.0, "seed": 3,
-                                 "optimizer.learning_rate": 1e-3})
+                                 "optimizer.learning_rate": 1e-3,
+                                 "evaluation.every": 0})  # training steps only (an evaluation would push once more)
     local = Trainer(cfg, tmp_path / "local")
     local.train(2)
     policy = build_policy(cfg)
