@@ -2,7 +2,7 @@
 hostile run dir whose text must stay text, and the page of a real short run (SmolLM2-135M, LoRA, 3 steps)
 loaded by headless Chromium from file:// with no console errors and a screenshot kept.
 
-The real run's env is `ReportParityEnv` (reward 1 for a reply of even length: any model's rollouts differ,
+The real run's env is test_train_real's `ParityEnv` (reward 1 for a reply of even length: any model's rollouts differ,
 so every step has mixed groups the mutator can learn from) and its mutator is `ScriptedMutator`, a scripted
 fake LLM named so: the tiny model rarely writes valid operations, and the lineage needs children."""
 
@@ -15,16 +15,15 @@ import subprocess
 from html import unescape
 from pathlib import Path
 
-import gymnasium as gym
 import pytest
 from typer.testing import CliRunner
 
 from espl.cli import app
-from espl.envs.core import MultiTurnEnv, Outcome, Task
 from espl.trainer.pool import PromptPool
 from espl.trainer.report import ReportError, lineage, load_run, principle_diff, render_report, write_report
 from tests.conftest import require
 from tests.leaderboard.chromium import FLAGS, chromium, screenshot
+from tests.trainer.test_train_real import PARITY_ID
 
 runner = CliRunner()
 
@@ -254,24 +253,6 @@ def test_non_finite_numbers_draw_no_broken_chart(tmp_path):
 
 
 # ---- a real short run --------------------------------------------------------------------------------------
-
-PARITY_ID = "espl-test/ReportParity-v0"
-
-
-class ReportParityEnv(MultiTurnEnv):
-    family = "test"
-    description = "reward 1 when the reply has an even number of characters"
-
-    def make_task(self, index: int) -> Task:
-        return Task(id=f"parity/{index}", prompt=f"Say something about the number {index}.", answer="even")
-
-    def evaluate(self, reply, task, turn) -> Outcome:
-        even = len(reply.get("content", "")) % 2 == 0
-        return Outcome(1.0 if even else 0.0, "correct" if even else "wrong_answer", True)
-
-
-if PARITY_ID not in gym.registry:
-    gym.register(PARITY_ID, entry_point=ReportParityEnv)
 
 _LABELLED = re.compile(r"^\[([GC]\d+)\]\. (.*)$", re.M)
 
