@@ -5,6 +5,7 @@
 - `pass_at_k`: the unbiased estimator of Chen et al. 2021 (HumanEval), 1 - C(n-c, k) / C(n, k);
   `pass_at_ks` averages it over tasks for the k `report_ks` picks (1, powers of two, the largest k every
   task has samples for). An episode succeeds when its reward reaches `SUCCESS_REWARD`.
+- `wilson`: the Wilson score interval of a success rate (sound near 0 and 1, where small-model rates sit).
 - `paired`: a before/after (or A/B) comparison of 0/1 outcomes on the same items and sampling seeds: the
   discordant counts, the exact McNemar p-value (two-sided binomial test of b vs c at 1/2, as
   `statsmodels.stats.contingency_tables.mcnemar(exact=True)`), and the 95 % interval of the difference in
@@ -64,6 +65,18 @@ def pass_at_ks(rewards_by_task: Mapping[Any, Sequence[float]], success: float = 
     tasks = [list(v) for v in rewards_by_task.values()]
     return {k: math.fsum(pass_at_k(len(v), sum(r >= success for r in v), k) for v in tasks) / len(tasks)
             for k in report_ks(len(v) for v in tasks)}
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of `successes` out of `n` (z = 1.96: 95 %); NaN for n = 0. Clamped to [0, 1]:
+    float error gives -1e-17 at 0 of n."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

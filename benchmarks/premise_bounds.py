@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shlex
 import sys
@@ -40,19 +39,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from espl.agents.stats import wilson  # the one home of the statistics
+
 ENV_ID = "espl/Premise-v0"
 RESULTS = Path(__file__).resolve().parent / "results" / "premise"
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson 95 % interval of a success rate (sound near 0 and 1, where these bounds sit)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)  # clamped: float error gives -1e-17 at 0 of n
 
 
 def followed(answer: str | None, quantity: int, factor: int) -> bool:
