@@ -203,24 +203,22 @@ def _get(d: Any, key: str) -> Any:
     return d[key]
 
 
-def _int(d: Any, key: str) -> int:
+def _number(d: Any, key: str, convert: Callable[[Any], Any], what: str) -> Any:
     v = _get(d, key)
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise _Bad(f"field {key!r} is not an integer")
+        raise _Bad(f"field {key!r} is not {what}")
     try:
-        return int(v)
+        return convert(v)
     except ValueError:
-        raise _Bad(f"field {key!r} is not an integer") from None
+        raise _Bad(f"field {key!r} is not {what}") from None
+
+
+def _int(d: Any, key: str) -> int:
+    return int(_number(d, key, int, "an integer"))
 
 
 def _float(d: Any, key: str) -> float:
-    v = _get(d, key)
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise _Bad(f"field {key!r} is not a number")
-    try:
-        return float(v)
-    except ValueError:
-        raise _Bad(f"field {key!r} is not a number") from None
+    return float(_number(d, key, float, "a number"))
 
 
 def _str(d: Any, key: str, default: str | None = None) -> str:
