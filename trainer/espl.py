@@ -497,35 +497,33 @@ class Trainer:
                          step: int) -> tuple[Future | None, "Evolution | None"]:
         """Runs (or submits beside the update) step 6's mutation of the batch's best prompt and step 7's
         crossover. Returns (the job, None) when overlapped, else (None, the result)."""
-        cfg, best = self.cfg, match.best
-        tasks = [self._env().make_task(p) for p in batch.problems]
-        slot_of = batch.best_slot()
-        groups = [RolloutGroup(tasks[b].prompt, str(tasks[b].answer), batch.group(slot_of[best.id], b))
-                  for b in range(len(batch.problems))]
-        crossover = (self._crossover_inputs(list(match.distinct), best, batch.rewards, slot_of, tasks)
-                     if do_crossover else None)
-        seed = derive_seed(cfg.seed, "mutate", step)
-        run = functools.partial(self._evolve, best, groups, crossover, seed)
+        cfg = self.cfg
+        inputs = self._evolution_inputs(batch, match, do_crossover, step, pipelined=False)
+        run = functools.partial(self._evolve, inputs.parent, list(inputs.groups), inputs.crossover, inputs.seed)
         # overlap only real work (a mutation without a mixed problem returns at once), so that the update's
         # thread count depends on the step's rewards alone, never on timing: resume stays exact
-        has_work = any(g.mixed for g in groups) or crossover is not None
-        if cfg.mutator.overlap and self.learning and cfg.mutator.kind != "policy" and has_work:
+        if cfg.mutator.overlap and self.learning and cfg.mutator.kind != "policy" and inputs.has_work:
             return self._executor.submit(self._in_mutator_thread, run), None
         return None, run()
 
-    def _evolution_inputs(self, batch: "StepBatch", match: "Match", do_crossover: bool, step: int) -> PendingEvolution:
-        """Step 6/7's inputs for a pipelined evolution, as they are checkpointed (`PendingEvolution`)."""
+    def _evolution_inputs(self, batch: "StepBatch", match: "Match", do_crossover: bool, step: int,
+                          pipelined: bool = True) -> PendingEvolution:
+        """Step 6/7's inputs: the batch's best prompt, its best slot's rollout groups, the crossover evidence and
+        the seed. `pipelined`: as they are checkpointed (`PendingEvolution`): the prompts as snapshots (the child
+        keeps the parent's mu of this step) and the trajectories through JSON (`_evidence`)."""
         tasks = [self._env().make_task(p) for p in batch.problems]
         slot_of = batch.best_slot()
-        snapshot: dict[int, PromptRecord] = {r.id: PromptRecord.from_dict(r.to_dict()) for r in match.distinct}
+        records: dict[int, PromptRecord] = {r.id: PromptRecord.from_dict(r.to_dict()) if pipelined else r
+                                            for r in match.distinct}
+        evidence = _evidence if pipelined else (lambda t: t)
         groups = tuple(RolloutGroup(tasks[b].prompt, str(tasks[b].answer),
-                                    tuple(_evidence(t) for t in batch.group(slot_of[match.best.id], b)))
+                                    tuple(evidence(t) for t in batch.group(slot_of[match.best.id], b)))
                        for b in range(len(batch.problems)))
         crossover = (self._crossover_inputs(list(match.distinct), match.best, batch.rewards, slot_of, tasks)
                      if do_crossover else None)
         if crossover is not None:
-            crossover = CrossoverInputs([snapshot[p.id] for p in crossover.parents], crossover.wins)
-        return PendingEvolution(step, snapshot[match.best.id], groups, crossover, derive_seed(self.cfg.seed, "mutate", step))
+            crossover = CrossoverInputs([records[p.id] for p in crossover.parents], crossover.wins)
+        return PendingEvolution(step, records[match.best.id], groups, crossover, derive_seed(self.cfg.seed, "mutate", step))
 
     def _submit(self, inputs: PendingEvolution) -> None:
         run = functools.partial(self._evolve, inputs.parent, list(inputs.groups), inputs.crossover, inputs.seed)
