@@ -46,6 +46,8 @@ from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
+# a CPU decode chunk encodes at most this many times its prompts' tokens, padding included (`HFPolicy._chunks`)
+PAD_SLACK = 1.5
 
 KVCache = Literal["dynamic", "static", "auto"]
 KV_CACHES: tuple[str, ...] = ("dynamic", "static", "auto")
@@ -412,8 +414,7 @@ class HFPolicy:
                 log.warning("%d of %d prompts fill the model's context (%s tokens): no reply generated for them "
                             "(finish_reason context_overflow); the others are unaffected", len(done), len(prompts),
                             self.max_context)
-            for start in range(0, len(fits), self.max_batch):
-                rows = fits[start:start + self.max_batch]
+            for rows in self._chunks(fits, [len(p) for p in prompts]):
                 chunk = [tuple(int(t) for t in prompts[i]) for i in rows]
                 done.update(zip(rows, self._generate_chunk(chunk, params, [gens[i] for i in rows], stats,
                                                            [row_tools[i] for i in rows])))
@@ -430,6 +431,29 @@ class HFPolicy:
         return out
 
     # ---- the decode loop ---------------------------------------------------------------------------------
+    def _chunks(self, rows: list[int], lengths: Sequence[int]) -> list[list[int]]:
+        """The decode chunks of these prompt indices: at most `max_batch` rows each, shortest prompts first (a
+        stable sort, so the identical prompts of a group stay together for prefix sharing). On CPU a chunk also
+        ends before the left padding of its prefill would make it encode more than PAD_SLACK times its prompts'
+        tokens: padding is computed like any token there, and BFCL's live_multiple prompts (300 to 3,200
+        tokens) in one 64-row chunk encoded 4.8x their tokens. Elsewhere chunks are only cut at `max_batch`
+        (a GPU is launch-bound in decoding: fewer, wider chunks). Each row's tokens depend on its own seed, not
+        on its chunk."""
+        order = sorted(rows, key=lambda i: lengths[i])
+        split = self.device.type == "cpu"
+        chunks: list[list[int]] = []
+        total = 0
+        for i in order:
+            c = chunks[-1] if chunks else None
+            if (c is None or len(c) >= self.max_batch
+                    or (split and (len(c) + 1) * lengths[i] > PAD_SLACK * (total + lengths[i]))):
+                chunks.append([i])
+                total = lengths[i]
+            else:
+                c.append(i)
+                total += lengths[i]
+        return chunks
+
     def _room(self, prompt_len: int) -> int:
         """Tokens a prompt of this length leaves in the model's context (unbounded: a large number)."""
         return self.max_context - prompt_len if self.max_context else 1 << 62
@@ -576,34 +600,8 @@ class HFPolicy:
         cache: Any = StaticCache(config=self._lm.config, max_cache_len=total) if static else DynamicCache(
             config=self._lm.config)
 
-        def select(idx: Any) -> None:  # keep these batch rows of the cache
-            if not static:
-                cache.batch_select_indices(idx)
-                return
-            for layer in cache.layers:
-                if getattr(layer, "is_initialized", False):
-                    layer.keys = layer.keys.index_select(0, idx)
-                    layer.values = layer.values.index_select(0, idx)
-                    layer.batch_size = int(idx.shape[0])
-
         with torch.no_grad():
-            if plan is None:
-                suffixes, prefix_mask = prompts, None
-            else:
-                prefixes, row_group, row_plen = plan
-                stats.shared_prefix = True
-                ids, pmask = _left_pad(prefixes, pad, dev)
-                pos = (pmask.cumsum(-1) - 1).clamp(min=0)
-                self._forward(ids, pmask, pos, cache)
-                stats.encoded_tokens += int(pmask.sum())
-                select(torch.tensor(row_group, device=dev))
-                prefix_mask = pmask[torch.tensor(row_group, device=dev)]
-                suffixes = [p[pl:] for p, pl in zip(prompts, row_plen)]
-            ids, smask = _left_pad(suffixes, pad, dev)
-            mask = smask if prefix_mask is None else torch.cat([prefix_mask, smask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-            stats.encoded_tokens += int(smask.sum())
-            logits = self._forward(ids, mask, positions, cache)
+            logits, mask = self._prefill(prompts, plan, cache, static, stats)
             next_pos = mask.sum(-1)  # the position of each row's next token
             col = mask.shape[1]  # the mask column of the next token
             if static:  # full width from the start: a step's shapes stay the same
@@ -615,71 +613,91 @@ class HFPolicy:
             gen_lps: list[list[float]] = [[] for _ in range(n)]
             finish: list[str] = ["length"] * n
             stop_texts: list[str | None] = [None] * n
-            # one grammar matcher per constrained row (None: unconstrained, or its grammar was left, see below)
-            grammar = self.tool_grammar_engine() if any(row_tools) else None
-            matchers: list[Any] = [None if rt is None or grammar is None else
-                                   grammar.matcher(rt.tools, params.tool_grammar, rt.parallel) for rt in row_tools]
-            bitmask: Any = grammar.allocate(n) if grammar is not None else None
-            for step in range(budget):
-                if grammar is not None and any(matchers[i] is not None for i in alive):
-                    bitmask.fill_(-1)  # all allowed, except in the rows a matcher fills
-                    for row, i in enumerate(alive):
-                        if matchers[i] is not None and not matchers[i].is_terminated():
-                            matchers[i].fill_next_token_bitmask(bitmask, row)
-                    grammar.apply(logits, bitmask[: len(alive)])
-                tok, lp = _sample(logits, params, [gens[i] for i in alive])
-                tok_l, lp_l = tok.tolist(), lp.tolist()
-                keep = []
-                for row, (i, t, lp_i) in enumerate(zip(alive, tok_l, lp_l)):
-                    gen_ids[i].append(t)
-                    gen_lps[i].append(lp_i)
-                    m = matchers[i]
-                    if m is not None and not m.is_terminated() and not m.accept_token(t):
-                        # masked sampling cannot draw a rejected token; if it ever does, the row leaves the
-                        # grammar here (the trainer's replay does the same) and its reply is scored as it is
-                        matchers[i] = None
-                        self.grammar_failures += 1
-                        log.warning("tool grammar: row %d sampled token %d its grammar rejects; the rest of the "
-                                    "reply is unconstrained", i, t)
-                    if t in self.stop_ids:
-                        finish[i] = "stop"
-                        continue
-                    if params.stop:
-                        hit = self._stop_string_hit(gen_ids[i], params.stop)
-                        if hit is not None:
-                            finish[i], stop_texts[i] = "stop", hit
-                            continue
-                    if len(gen_ids[i]) >= row_budget[i]:  # its budget is spent ("length")
-                        continue
-                    keep.append(row)
-                if not keep or step == budget - 1:
-                    break
-                tok_t = tok.to(dev)
-                if len(keep) < len(alive):
-                    kt = torch.tensor(keep, device=dev)
-                    alive, tok_t = [alive[r] for r in keep], tok_t[kt]
-                    if compiled:  # the row stays in the batch (fixed shapes), its output unused
-                        slots = [slots[r] for r in keep]
+            grammars = _RowGrammars(self.tool_grammar_engine() if any(row_tools) else None, row_tools,
+                                    params.tool_grammar)
+            try:
+                for step in range(budget):
+                    grammars.mask(logits, alive)
+                    tok, lp = _sample(logits, params, [gens[i] for i in alive])
+                    keep = []
+                    for row, (i, t, lp_i) in enumerate(zip(alive, tok.tolist(), lp.tolist())):
+                        gen_ids[i].append(t)
+                        gen_lps[i].append(lp_i)
+                        grammars.accept(i, t)
+                        done = self._row_done(gen_ids[i], params, row_budget[i])
+                        if done is None:
+                            keep.append(row)
+                        else:
+                            finish[i], stop_texts[i] = done
+                    if not keep or step == budget - 1:
+                        break
+                    tok_t = tok.to(dev)
+                    if len(keep) < len(alive):
+                        kt = torch.tensor(keep, device=dev)
+                        alive, tok_t = [alive[r] for r in keep], tok_t[kt]
+                        if compiled:  # the row stays in the batch (fixed shapes), its output unused
+                            slots = [slots[r] for r in keep]
+                        else:
+                            _select_rows(cache, kt, static)
+                            mask, next_pos = mask[kt], next_pos[kt]
+                            slots = list(range(len(alive)))
+                    if compiled and len(alive) < n:
+                        full = torch.full((n,), pad, dtype=tok_t.dtype, device=dev)
+                        slot_t = torch.tensor(slots, device=dev)
+                        full[slot_t] = tok_t
+                        tok_t = full
+                    if static:
+                        mask[:, col] = 1
                     else:
-                        select(kt)
-                        mask, next_pos = mask[kt], next_pos[kt]
-                        slots = list(range(len(alive)))
-                if compiled and len(alive) < n:
-                    full = torch.full((n,), pad, dtype=tok_t.dtype, device=dev)
-                    slot_t = torch.tensor(slots, device=dev)
-                    full[slot_t] = tok_t
-                    tok_t = full
-                if static:
-                    mask[:, col] = 1
-                else:
-                    mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
-                col += 1
-                logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache, compiled)
-                if compiled and len(alive) < n:
-                    logits = logits[slot_t]
-                next_pos = next_pos + 1
+                        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
+                    col += 1
+                    logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache, compiled)
+                    if compiled and len(alive) < n:
+                        logits = logits[slot_t]
+                    next_pos = next_pos + 1
+            finally:
+                self.grammar_failures += grammars.failures
         stats.generated_tokens += sum(len(g) for g in gen_ids)
         return [self._completion(p, g, lps, f, s) for p, g, lps, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
+
+    def _prefill(self, prompts: list[tuple[int, ...]], plan: Any, cache: Any, static: bool,
+                 stats: GenerationStats) -> tuple[Any, Any]:
+        """Encodes the chunk's prompts into `cache`: with a shared-prefix `plan` (`_plan_prefixes`), each distinct
+        prefix once, then the cache rows are repeated per prompt and only the suffixes are encoded. Returns the
+        logits of each row's next token and the attention mask so far (left-padded, prompt columns only)."""
+        import torch
+
+        dev, pad = self.device, int(self.tokenizer.pad_token_id)
+        if plan is None:
+            suffixes, prefix_mask = prompts, None
+        else:
+            prefixes, row_group, row_plen = plan
+            stats.shared_prefix = True
+            ids, pmask = _left_pad(prefixes, pad, dev)
+            pos = (pmask.cumsum(-1) - 1).clamp(min=0)
+            self._forward(ids, pmask, pos, cache)
+            stats.encoded_tokens += int(pmask.sum())
+            _select_rows(cache, torch.tensor(row_group, device=dev), static)
+            prefix_mask = pmask[torch.tensor(row_group, device=dev)]
+            suffixes = [p[pl:] for p, pl in zip(prompts, row_plen)]
+        ids, smask = _left_pad(suffixes, pad, dev)
+        mask = smask if prefix_mask is None else torch.cat([prefix_mask, smask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        stats.encoded_tokens += int(smask.sum())
+        return self._forward(ids, mask, positions, cache), mask
+
+    def _row_done(self, gen: list[int], params: SamplingParams, budget: int) -> tuple[str, str | None] | None:
+        """Why a row stops after its newest token: ("stop", None) at a stop token, ("stop", the string) at a stop
+        string, ("length", None) when its own budget is spent; None while it goes on."""
+        if gen[-1] in self.stop_ids:
+            return "stop", None
+        if params.stop:
+            hit = self._stop_string_hit(gen, params.stop)
+            if hit is not None:
+                return "stop", hit
+        if len(gen) >= budget:
+            return "length", None
+        return None
 
     def _stop_string_hit(self, ids: list[int], stops: Sequence[str]) -> str | None:
         longest = max(len(s) for s in stops)
@@ -702,6 +720,53 @@ class HFPolicy:
             token_ids=tuple(ids),
             logprobs=tuple(lps),
         )
+
+
+class _RowGrammars:
+    """The tool-call grammar of each row of one decode chunk (agents/tool_grammar.py): an xgrammar matcher per
+    constrained row (None: the row is unconstrained, or left its grammar, see `accept`) and one bitmask."""
+
+    def __init__(self, engine: HFToolGrammar | None, row_tools: Sequence[ToolSet | None], mode: str):
+        self.engine = engine
+        self.matchers: list[Any] = [None if rt is None or engine is None else engine.matcher(rt.tools, mode, rt.parallel)
+                                    for rt in row_tools]
+        self.bitmask: Any = engine.allocate(len(row_tools)) if engine is not None else None
+        self.failures = 0  # sampled tokens a grammar rejected
+
+    def mask(self, logits: Any, alive: Sequence[int]) -> None:
+        """Masks the live rows' logits (row r is prompt alive[r]) to the tokens their grammars allow, in place."""
+        if self.engine is None or all(self.matchers[i] is None for i in alive):
+            return
+        self.bitmask.fill_(-1)  # all allowed, except in the rows a matcher fills
+        for row, i in enumerate(alive):
+            m = self.matchers[i]
+            if m is not None and not m.is_terminated():
+                m.fill_next_token_bitmask(self.bitmask, row)
+        self.engine.apply(logits, self.bitmask[: len(alive)])
+
+    def accept(self, i: int, token: int) -> None:
+        """Advances prompt i's matcher by its sampled token."""
+        m = self.matchers[i]
+        if m is not None and not m.is_terminated() and not m.accept_token(token):
+            # masked sampling cannot draw a rejected token; if it ever does, the row leaves the grammar here
+            # (the trainer's replay does the same) and its reply is scored as it is
+            self.matchers[i] = None
+            self.failures += 1
+            log.warning("tool grammar: row %d sampled token %d its grammar rejects; the rest of the reply is "
+                        "unconstrained", i, token)
+
+
+def _select_rows(cache: Any, idx: Any, static: bool) -> None:
+    """Keeps these batch rows of a decode chunk's KV cache (a `DynamicCache`, or a `StaticCache` whose
+    initialised layers are cut the same way)."""
+    if not static:
+        cache.batch_select_indices(idx)
+        return
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.keys = layer.keys.index_select(0, idx)
+            layer.values = layer.values.index_select(0, idx)
+            layer.batch_size = int(idx.shape[0])
 
 
 class _CompileFailed(Exception):

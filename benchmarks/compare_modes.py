@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from espl.agents.stats import wilson  # the one home of the statistics
+from espl.agents.stats import mcnemar_exact, wilson  # the one home of the statistics
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -153,8 +153,8 @@ def main() -> None:
                     tail = (run_dir / "worker.log").read_text()[-3000:]
                     print(f"{run_dir.name}: worker failed (exit {returncode})\n{tail}", flush=True)
 
-    lines = ["| mode | seeds | held-out acc, best prompt (μ−2σ) | 95% CI over seeds | per-seed acc [Wilson 95%] | newest prompt | no prompt, same weights | best prompt better/worse than none (paired) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | seeds | held-out acc, best prompt (μ−2σ) | 95% CI over seeds | per-seed acc [Wilson 95%] | newest prompt | no prompt, same weights | best prompt better/worse than none (paired) | exact McNemar p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for mode in args.modes:
         rows = [r for r in results if r["mode"] == mode]
@@ -167,8 +167,8 @@ def main() -> None:
         nop = statistics.mean(r["acc_no_prompt"] for r in rows)
         better, worse = sum(r["paired_better"] for r in rows), sum(r["paired_worse"] for r in rows)
         newest = statistics.mean(r.get("acc_newest", r["acc"]) for r in rows)
-        lines.append(f"| {mode} | {len(rows)} | {statistics.mean(accs):.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {newest:.3f} | {nop:.3f} | {better}/{worse} |")
-    lines += ["", "| pair | seeds | mean difference | 95% CI over seeds | problems won/lost (paired, pooled) |", "|---|---|---|---|---|"]
+        lines.append(f"| {mode} | {len(rows)} | {statistics.mean(accs):.3f} | [{lo:.3f}, {hi:.3f}] | {per_seed} | {newest:.3f} | {nop:.3f} | {better}/{worse} | {mcnemar_exact(better, worse):.3g} |")
+    lines += ["", "| pair | seeds | mean difference | 95% CI over seeds | problems won/lost (paired, pooled) | exact McNemar p |", "|---|---|---|---|---|---|"]
     by_key = {(r["mode"], r["seed"]): r for r in results}
     for i, a in enumerate(args.modes):
         for b in args.modes[i + 1:]:
@@ -179,7 +179,7 @@ def main() -> None:
             won = sum(x > y for sd in seeds for x, y in zip(by_key[(a, sd)]["outcomes"], by_key[(b, sd)]["outcomes"]))
             lost = sum(x < y for sd in seeds for x, y in zip(by_key[(a, sd)]["outcomes"], by_key[(b, sd)]["outcomes"]))
             lo, hi = seed_ci(diffs)
-            lines.append(f"| {a} − {b} | {len(seeds)} | {statistics.mean(diffs):+.3f} | [{lo:+.3f}, {hi:+.3f}] | {won}/{lost} |")
+            lines.append(f"| {a} − {b} | {len(seeds)} | {statistics.mean(diffs):+.3f} | [{lo:+.3f}, {hi:+.3f}] | {won}/{lost} | {mcnemar_exact(won, lost):.3g} |")
     table = "\n".join(lines)
     (report / "table.md").write_text(table + "\n")
     print(table)

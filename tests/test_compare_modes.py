@@ -47,5 +47,5 @@ def test_report_only_writes_the_table_with_paired_counts(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| espl | 2 | 0.500 |" in table and "| rl | 2 | 0.500 |" in table
     # espl - rl, task by task: seed 0 wins task 0; seed 1 loses task 1 -> 1 won / 1 lost, mean difference 0
-    assert "| espl − rl | 2 | +0.000 |" in table and table.rstrip().endswith("| 1/1 |")
+    assert "| espl − rl | 2 | +0.000 |" in table and table.rstrip().endswith("| 1/1 | 1 |")  # 1 won, 1 lost: exact McNemar p = 1
     assert (tmp_path / "modes.png").stat().st_size > 1000

@@ -480,15 +480,16 @@ class Trainer:
     # -- step 5 in detail --
     def _rate(self, batch: "StepBatch", step: int) -> "Match":
         """Each selected prompt's score is its mean reward over the batch (pass@1); one free-for-all TrueSkill
-        match among the distinct prompts, scores within tie_tolerance tied (a prompt selected twice: the
-        mean of its slots)."""
+        match among the distinct prompts, scores within tie_tolerance tied. A prompt selected in several slots
+        plays with its best slot's score, ranked where that slot ranks (the reference sorts the slots by
+        score, stably, and keeps each prompt's first: `StepBatch.best_slot`), so the batch's best prompt is the
+        one mutation and crossover take, from that same slot."""
         slot_scores = batch.rewards.mean(axis=(1, 2))
-        by_id: dict[int, list[float]] = {}
-        for rec, s in zip(batch.selected, slot_scores):
-            by_id.setdefault(rec.id, []).append(float(s))
+        slot_of = batch.best_slot()
         distinct = tuple({rec.id: rec for rec in batch.selected}.values())
+        players = sorted(distinct, key=lambda r: slot_of[r.id])  # rate_match's ties keep this (slot) order
         ts = self.cfg.trueskill
-        ranked = rate_match(list(distinct), [float(np.mean(by_id[r.id])) for r in distinct], ts.settings(),
+        ranked = rate_match(players, [float(slot_scores[slot_of[r.id]]) for r in players], ts.settings(),
                             ts.tie_tolerance, step)
         return Match(distinct, slot_scores, ranked[0])
 

@@ -201,6 +201,35 @@ def test_mutation_and_crossover_use_the_best_slot_of_a_repeated_prompt():
     assert np.allclose(match.slot_scores, [0.0, 0.5, 0.75])
 
 
+
+def test_a_repeated_prompt_is_rated_on_its_best_slot_as_the_reference_does():
+    """Issue 16: the reference sorts the slots by score (stably), keeps each prompt's first, and rates those:
+    prompt a (slots 0 and 2: 0.25 and 0.75) beats b (slot 1: 0.5). Rated on the mean of its slots (before) a
+    tied b at 0.5 and a draw was played. Ties between best slots keep the slot order (b's slot 1 before a's
+    slot 2 when both score 0.75)."""
+    from espl.trainer.espl import StepBatch
+    from espl.types import Trajectory
+
+    def batch_of(rewards, pool):
+        a, b = pool.records[-2], pool.records[-1]
+        trajs = tuple(Trajectory(env_id="espl/Math-v0", task_id=f"slot{m}", messages=[], reward=float(rewards[m][p][n]),
+                                 reason="correct" if rewards[m][p][n] else "wrong_answer")
+                      for m, p, n in StepBatch.order((3, 2, 2)))
+        return StepBatch((a, b, a), (0, 1), trajs, (3, 2, 2)), a, b
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = TrainConfig.from_dict({"mode": "evolve"})
+    pool = PromptPool(100)
+    pool.add(("Check the units first.",), 25.0, 8.0), pool.add(("Draw a table first.",), 25.0, 8.0)
+    batch, a, b = batch_of([[[1, 0], [0, 0]], [[1, 0], [1, 0]], [[1, 1], [1, 0]]], pool)  # a: .25, .75; b: .5
+    match = trainer._rate(batch, 0)
+    assert match.best is a and a.mu > 25.0 > b.mu
+    assert a.scores == [(0, 0.75)] and b.scores == [(0, 0.5)]
+    pool = PromptPool(100)
+    pool.add(("Check the units first.",), 25.0, 8.0), pool.add(("Draw a table first.",), 25.0, 8.0)
+    batch, a, b = batch_of([[[1, 0], [1, 0]], [[1, 1], [1, 0]], [[1, 1], [1, 0]]], pool)  # a: .5, .75; b: .75
+    assert trainer._rate(batch, 0).best is b  # the reference's sorted() puts slot 1 before slot 2 (not a, selected first)
+
 # ---- issue 13: resume reads the run's config; bad input is one line, exit 2, before any model loads ----------
 
 
