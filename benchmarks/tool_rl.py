@@ -11,7 +11,8 @@ test split (`espl.agents.evaluate.evaluate`, greedy by default), trains `--steps
 and evaluates again with the trained adapter on the same tasks with the same sampling seeds. Writes
 OUT/result.json (settings, per-item rewards before and after, the paired statistics of agents/stats.py,
 per-step training metrics) and prints a summary. The trainer's run dir is OUT/run (checkpoints, metrics, so
-an interrupted run resumes with `--resume`: the before-evaluation is kept in OUT/before.json).
+an interrupted run resumes with `--resume`: the before-evaluation is kept in OUT/before.json, with the
+settings it was made under; a before.json copied into a new OUT is reused by `--resume` when they match).
 """
 
 from __future__ import annotations
@@ -79,13 +80,21 @@ def main() -> None:
     trainer = Trainer(cfg, run_dir, resume=resume)
     before_file = args.out / "before.json"
     eval_args = (args.test_items, args.eval_temperature, args.eval_max_new_tokens, args.seed)
+    # what the before-evaluation depends on: a kept one (--resume, or one copied into a new OUT) must match
+    settings = {"env": cfg.env, "env_kwargs": dict(cfg.env_kwargs), "model": cfg.model, "items": args.test_items,
+                "temperature": args.eval_temperature, "max_new_tokens": args.eval_max_new_tokens, "seed": args.seed,
+                "tool_grammar": cfg.rollout.tool_grammar}
     if args.resume and before_file.is_file():
         before = json.loads(before_file.read_text())
+        kept = before.get("settings")
+        if kept != settings:
+            raise SystemExit(f"{before_file}: its settings {kept} are not this run's {settings}; "
+                             "evaluate afresh with another --out")
     else:
         if trainer.step_count:
             raise SystemExit(f"{run_dir} has trained steps: the 'before' evaluation would not be of the base "
                              "policy; use --resume or another --out")
-        before = evaluate_items(trainer, *eval_args)
+        before = {**evaluate_items(trainer, *eval_args), "settings": settings}
         before_file.write_text(json.dumps(before, indent=1))
     print(f"before: {before['mean']:.3f} +- {before['ci95']:.3f} on {before['n']} items ({before['seconds']:.0f} s)",
           flush=True)
