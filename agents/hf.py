@@ -46,7 +46,7 @@ from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-# a CPU decode chunk encodes at most this many times its prompts' tokens, padding included (`HFPolicy._chunks`)
+# a CPU decode chunk encodes at most this many times its prompts' tokens, padding included (`decode_chunks`)
 PAD_SLACK = 1.5
 
 KVCache = Literal["dynamic", "static", "auto"]
@@ -432,27 +432,9 @@ class HFPolicy:
 
     # ---- the decode loop ---------------------------------------------------------------------------------
     def _chunks(self, rows: list[int], lengths: Sequence[int]) -> list[list[int]]:
-        """The decode chunks of these prompt indices: at most `max_batch` rows each, shortest prompts first (a
-        stable sort, so the identical prompts of a group stay together for prefix sharing). On CPU a chunk also
-        ends before the left padding of its prefill would make it encode more than PAD_SLACK times its prompts'
-        tokens: padding is computed like any token there, and BFCL's live_multiple prompts (300 to 3,200
-        tokens) in one 64-row chunk encoded 4.8x their tokens. Elsewhere chunks are only cut at `max_batch`
-        (a GPU is launch-bound in decoding: fewer, wider chunks). Each row's tokens depend on its own seed, not
-        on its chunk."""
-        order = sorted(rows, key=lambda i: lengths[i])
-        split = self.device.type == "cpu"
-        chunks: list[list[int]] = []
-        total = 0
-        for i in order:
-            c = chunks[-1] if chunks else None
-            if (c is None or len(c) >= self.max_batch
-                    or (split and (len(c) + 1) * lengths[i] > PAD_SLACK * (total + lengths[i]))):
-                chunks.append([i])
-                total = lengths[i]
-            else:
-                c.append(i)
-                total += lengths[i]
-        return chunks
+        """This policy's decode chunks of these prompt indices (`decode_chunks`; the padding cap on CPU only: a
+        GPU is launch-bound in decoding, so fewer, wider chunks win there)."""
+        return decode_chunks(rows, lengths, self.max_batch, cap_padding=self.device.type == "cpu")
 
     def _room(self, prompt_len: int) -> int:
         """Tokens a prompt of this length leaves in the model's context (unbounded: a large number)."""
@@ -615,48 +597,46 @@ class HFPolicy:
             stop_texts: list[str | None] = [None] * n
             grammars = _RowGrammars(self.tool_grammar_engine() if any(row_tools) else None, row_tools,
                                     params.tool_grammar)
-            try:
-                for step in range(budget):
-                    grammars.mask(logits, alive)
-                    tok, lp = _sample(logits, params, [gens[i] for i in alive])
-                    keep = []
-                    for row, (i, t, lp_i) in enumerate(zip(alive, tok.tolist(), lp.tolist())):
-                        gen_ids[i].append(t)
-                        gen_lps[i].append(lp_i)
-                        grammars.accept(i, t)
-                        done = self._row_done(gen_ids[i], params, row_budget[i])
-                        if done is None:
-                            keep.append(row)
-                        else:
-                            finish[i], stop_texts[i] = done
-                    if not keep or step == budget - 1:
-                        break
-                    tok_t = tok.to(dev)
-                    if len(keep) < len(alive):
-                        kt = torch.tensor(keep, device=dev)
-                        alive, tok_t = [alive[r] for r in keep], tok_t[kt]
-                        if compiled:  # the row stays in the batch (fixed shapes), its output unused
-                            slots = [slots[r] for r in keep]
-                        else:
-                            _select_rows(cache, kt, static)
-                            mask, next_pos = mask[kt], next_pos[kt]
-                            slots = list(range(len(alive)))
-                    if compiled and len(alive) < n:
-                        full = torch.full((n,), pad, dtype=tok_t.dtype, device=dev)
-                        slot_t = torch.tensor(slots, device=dev)
-                        full[slot_t] = tok_t
-                        tok_t = full
-                    if static:
-                        mask[:, col] = 1
+            for step in range(budget):
+                grammars.mask(logits, alive)
+                tok, lp = _sample(logits, params, [gens[i] for i in alive])
+                keep = []
+                for row, (i, t, lp_i) in enumerate(zip(alive, tok.tolist(), lp.tolist())):
+                    gen_ids[i].append(t)
+                    gen_lps[i].append(lp_i)
+                    if not grammars.accept(i, t):
+                        self.grammar_failures += 1
+                    done = self._row_done(gen_ids[i], params, row_budget[i])
+                    if done is None:
+                        keep.append(row)
                     else:
-                        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
-                    col += 1
-                    logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache, compiled)
-                    if compiled and len(alive) < n:
-                        logits = logits[slot_t]
-                    next_pos = next_pos + 1
-            finally:
-                self.grammar_failures += grammars.failures
+                        finish[i], stop_texts[i] = done
+                if not keep or step == budget - 1:
+                    break
+                tok_t = tok.to(dev)
+                if len(keep) < len(alive):
+                    kt = torch.tensor(keep, device=dev)
+                    alive, tok_t = [alive[r] for r in keep], tok_t[kt]
+                    if compiled:  # the row stays in the batch (fixed shapes), its output unused
+                        slots = [slots[r] for r in keep]
+                    else:
+                        _select_rows(cache, kt, static)
+                        mask, next_pos = mask[kt], next_pos[kt]
+                        slots = list(range(len(alive)))
+                if compiled and len(alive) < n:
+                    full = torch.full((n,), pad, dtype=tok_t.dtype, device=dev)
+                    slot_t = torch.tensor(slots, device=dev)
+                    full[slot_t] = tok_t
+                    tok_t = full
+                if static:
+                    mask[:, col] = 1
+                else:
+                    mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
+                col += 1
+                logits = self._forward(tok_t[:, None], mask, next_pos[:, None], cache, compiled)
+                if compiled and len(alive) < n:
+                    logits = logits[slot_t]
+                next_pos = next_pos + 1
         stats.generated_tokens += sum(len(g) for g in gen_ids)
         return [self._completion(p, g, lps, f, s) for p, g, lps, f, s in zip(prompts, gen_ids, gen_lps, finish, stop_texts)]
 
@@ -722,6 +702,28 @@ class HFPolicy:
         )
 
 
+def decode_chunks(rows: Sequence[int], lengths: Sequence[int], max_batch: int, cap_padding: bool) -> list[list[int]]:
+    """Decode chunks of the prompt indices `rows` (`lengths[i]`: prompt i's tokens): at most `max_batch` rows
+    each, shortest prompts first (a stable sort, so the identical prompts of a group stay together for prefix
+    sharing). With `cap_padding` a chunk also ends before the left padding of its prefill would make it encode
+    more than PAD_SLACK times its prompts' tokens: on CPU padding is computed like any token, and 200 BFCL
+    prompts (live_simple + multiple + live_multiple, 250 to 3,200 tokens) in arrival-order chunks of 64
+    encoded 3.78x their tokens (1.36x with the cap). Each row's tokens depend on its own seed, not on its
+    chunk."""
+    chunks: list[list[int]] = []
+    total = 0
+    for i in sorted(rows, key=lambda i: lengths[i]):
+        c = chunks[-1] if chunks else None
+        if (c is None or len(c) >= max_batch
+                or (cap_padding and (len(c) + 1) * lengths[i] > PAD_SLACK * (total + lengths[i]))):
+            chunks.append([i])
+            total = lengths[i]
+        else:
+            c.append(i)
+            total += lengths[i]
+    return chunks
+
+
 class _RowGrammars:
     """The tool-call grammar of each row of one decode chunk (agents/tool_grammar.py): an xgrammar matcher per
     constrained row (None: the row is unconstrained, or left its grammar, see `accept`) and one bitmask."""
@@ -731,7 +733,6 @@ class _RowGrammars:
         self.matchers: list[Any] = [None if rt is None or engine is None else engine.matcher(rt.tools, mode, rt.parallel)
                                     for rt in row_tools]
         self.bitmask: Any = engine.allocate(len(row_tools)) if engine is not None else None
-        self.failures = 0  # sampled tokens a grammar rejected
 
     def mask(self, logits: Any, alive: Sequence[int]) -> None:
         """Masks the live rows' logits (row r is prompt alive[r]) to the tokens their grammars allow, in place."""
@@ -744,16 +745,17 @@ class _RowGrammars:
                 m.fill_next_token_bitmask(self.bitmask, row)
         self.engine.apply(logits, self.bitmask[: len(alive)])
 
-    def accept(self, i: int, token: int) -> None:
-        """Advances prompt i's matcher by its sampled token."""
+    def accept(self, i: int, token: int) -> bool:
+        """Advances prompt i's matcher by its sampled token; False when its grammar rejected the token."""
         m = self.matchers[i]
         if m is not None and not m.is_terminated() and not m.accept_token(token):
             # masked sampling cannot draw a rejected token; if it ever does, the row leaves the grammar here
             # (the trainer's replay does the same) and its reply is scored as it is
             self.matchers[i] = None
-            self.failures += 1
             log.warning("tool grammar: row %d sampled token %d its grammar rejects; the rest of the reply is "
                         "unconstrained", i, token)
+            return False
+        return True
 
 
 def _select_rows(cache: Any, idx: Any, static: bool) -> None:

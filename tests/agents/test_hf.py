@@ -214,22 +214,20 @@ def test_static_cache_compiled_decode_equals_dynamic():
     _static_compiled_equals_dynamic(HFPolicy("smollm2-135m"))
 
 
-def test_decode_chunks_group_prompts_by_length_and_bound_the_padding_on_cpu():
-    """Issue 17 / 15: 64 BFCL prompts of 300 to 3,200 tokens in one chunk encoded 3.8x their tokens (left
-    padding); chunks are now taken shortest first and, on CPU, cut before the padded prefill exceeds PAD_SLACK
-    times the real tokens. Rows keep their order in the output (generate_tokens maps them back)."""
-    from types import SimpleNamespace
-
-    from espl.agents.hf import PAD_SLACK, HFPolicy
+def test_decode_chunks_group_prompts_by_length_and_bound_the_padding_on_cpu(smol_policy):
+    """Issue 17 / 15: 200 BFCL prompts of 250 to 3,200 tokens in arrival-order chunks of 64 encoded 3.78x their
+    tokens (left padding); chunks are now taken shortest first and, on CPU, cut before the padded prefill
+    exceeds PAD_SLACK times the real tokens. Rows keep their order in the output (generate_tokens maps them
+    back: test_greedy_batch_equals_model_generate)."""
+    from espl.agents.hf import PAD_SLACK, decode_chunks
 
     lengths = [300, 3200, 310, 320, 3000, 305]
-    cpu = SimpleNamespace(max_batch=64, device=SimpleNamespace(type="cpu"))
-    chunks = HFPolicy._chunks(cpu, list(range(6)), lengths)
+    chunks = decode_chunks(list(range(6)), lengths, 64, cap_padding=True)
     assert chunks == [[0, 5, 2, 3], [4, 1]]
     for c in chunks:
         assert len(c) * max(lengths[i] for i in c) <= PAD_SLACK * sum(lengths[i] for i in c)
-    gpu = SimpleNamespace(max_batch=4, device=SimpleNamespace(type="cuda"))
-    assert HFPolicy._chunks(gpu, list(range(6)), lengths) == [[0, 5, 2, 3], [4, 1]]  # cut at max_batch only
-    assert HFPolicy._chunks(SimpleNamespace(max_batch=64, device=gpu.device), list(range(6)), lengths) == [
-        [0, 5, 2, 3, 4, 1]]
-    assert sorted(i for c in HFPolicy._chunks(cpu, [5, 1, 3], lengths) for i in c) == [1, 3, 5]
+    assert decode_chunks(list(range(6)), lengths, 4, cap_padding=False) == [[0, 5, 2, 3], [4, 1]]  # max_batch only
+    assert decode_chunks(list(range(6)), lengths, 64, cap_padding=False) == [[0, 5, 2, 3, 4, 1]]
+    assert sorted(i for c in decode_chunks([5, 1, 3], lengths, 64, cap_padding=True) for i in c) == [1, 3, 5]
+    # the real policy on this CPU caps the padding
+    assert smol_policy.device.type == "cpu" and smol_policy._chunks(list(range(6)), lengths) == chunks

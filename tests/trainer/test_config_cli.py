@@ -201,7 +201,6 @@ def test_mutation_and_crossover_use_the_best_slot_of_a_repeated_prompt():
     assert np.allclose(match.slot_scores, [0.0, 0.5, 0.75])
 
 
-
 def test_a_repeated_prompt_is_rated_on_its_best_slot_as_the_reference_does():
     """Issue 16: the reference sorts the slots by score (stably), keeps each prompt's first, and rates those:
     prompt a (slots 0 and 2: 0.25 and 0.75) beats b (slot 1: 0.5). Rated on the mean of its slots (before) a
@@ -229,6 +228,7 @@ def test_a_repeated_prompt_is_rated_on_its_best_slot_as_the_reference_does():
     pool.add(("Check the units first.",), 25.0, 8.0), pool.add(("Draw a table first.",), 25.0, 8.0)
     batch, a, b = batch_of([[[1, 0], [1, 0]], [[1, 1], [1, 0]], [[1, 1], [1, 0]]], pool)  # a: .5, .75; b: .75
     assert trainer._rate(batch, 0).best is b  # the reference's sorted() puts slot 1 before slot 2 (not a, selected first)
+
 
 # ---- issue 13: resume reads the run's config; bad input is one line, exit 2, before any model loads ----------
 
