@@ -313,13 +313,24 @@ def crossover_schema(ids: Sequence[str]) -> dict:
     return {"type": "array", "items": {"anyOf": [add, modify, remove] if ids else [add]}, "maxItems": 8}
 
 
-def with_analysis(operations_schema: dict) -> dict:
-    """The reply schema of reflection "reason_then_json": {"analysis": free text, "operations": [...]}, the
-    analysis first (xgrammar and llama.cpp emit properties in schema order), so it is written before the
-    operations. No bound on the analysis but the call's token budget."""
+ANALYSIS_CHARS_PER_TOKEN = 2  # the analysis may take about half a call's budget (~4 characters a token)
+ANALYSIS_MAX_CHARS = 4000  # and no more than this: a grammar's repetition bound grows with it
+
+
+def analysis_chars(max_new_tokens: int) -> int:
+    """The longest analysis a reply of `max_new_tokens` may write: half its budget, so the operations that
+    follow still fit. Unbounded, a rambling mutator filled the budget with analysis and its reply was cut
+    inside the string, losing every operation (CI stop 20: SmolLM2 on llama.cpp, 160 tokens)."""
+    return min(ANALYSIS_MAX_CHARS, ANALYSIS_CHARS_PER_TOKEN * max_new_tokens)
+
+
+def with_analysis(operations_schema: dict, max_chars: int) -> dict:
+    """The reply schema of reflection "reason_then_json": {"analysis": text of at most `max_chars`,
+    "operations": [...]}, the analysis first (xgrammar and llama.cpp emit properties in schema order), so it
+    is written before the operations."""
     return {
         "type": "object",
-        "properties": {"analysis": {"type": "string"}, "operations": operations_schema},
+        "properties": {"analysis": {"type": "string", "maxLength": max_chars}, "operations": operations_schema},
         "required": ["analysis", "operations"],
         "additionalProperties": False,
     }
@@ -632,9 +643,12 @@ class LLMMutator:
             return ANALYSIS_FINISH.format(example=example)
         return JSON_ONLY_FINISH
 
-    def _reply_schema(self, operations: dict) -> dict:
-        """The grammar of a JSON-producing call; replies are parsed against `operations` either way."""
-        return with_analysis(operations) if self.settings.reflection == "reason_then_json" else operations
+    def _reply_schema(self, operations: dict, max_new_tokens: int) -> dict:
+        """The grammar of a JSON-producing call of `max_new_tokens`; replies are parsed against `operations`
+        either way."""
+        if self.settings.reflection == "reason_then_json":
+            return with_analysis(operations, analysis_chars(max_new_tokens))
+        return operations
 
     # -- step 6 --
     def mutate(self, parent: Sequence[str], groups: Sequence[RolloutGroup], seed: int) -> MutationResult:
@@ -674,7 +688,7 @@ class LLMMutator:
                 )
                 for g, summ in zip(mixed, per_group)
             ],
-            [self._reply_schema(schema)] * len(mixed), s.critique_tokens, seed + 1, calls,
+            [self._reply_schema(schema, s.critique_tokens)] * len(mixed), s.critique_tokens, seed + 1, calls,
         )
         # (d) adds become candidates C0.., modifications become suggestions for the revision call; no word
         # limit yet: shortening them is the revision's job (the reference states the limit only there)
@@ -703,7 +717,7 @@ class LLMMutator:
                     finish=self._finish(REVISION_FINISH, REVISION_EXAMPLE),
                 )
             ],
-            [self._reply_schema(rschema)], s.revision_tokens, seed + 2, calls,
+            [self._reply_schema(rschema, s.revision_tokens)], s.revision_tokens, seed + 2, calls,
         )[0]
         next_c = n_added
         for op in parse_operations(plan_reply, rschema, rejected):
@@ -758,7 +772,7 @@ class LLMMutator:
         prompt += "\n" + CROSSOVER_TASK.format(finish=self._finish(CROSSOVER_FINISH, CROSSOVER_EXAMPLE))
         a_ids = label(parents[0])
         schema = crossover_schema(list(a_ids))
-        reply = self._chat_json([prompt], [self._reply_schema(schema)], s.crossover_tokens, seed, calls)[0]
+        reply = self._chat_json([prompt], [self._reply_schema(schema, s.crossover_tokens)], s.crossover_tokens, seed, calls)[0]
         child = dict(a_ids)
         n_new = len(a_ids)
         for op in parse_operations(reply, schema, rejected):

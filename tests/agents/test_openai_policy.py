@@ -186,13 +186,15 @@ def test_generate_json_follows_each_schema_on_llama_cpp(llama_server):
 
 def test_reason_then_json_object_schema_on_llama_cpp(llama_server):
     """Issue 16: mutator.reflection = "reason_then_json" through `response_format` json_schema on a real
-    llama.cpp server: the reply is {"analysis", "operations"} in that order and parses to its operations."""
+    llama.cpp server: the reply is {"analysis", "operations"} in that order, the analysis within half the call's
+    budget (unbounded, SmolLM2 once filled all 160 tokens with analysis and lost the operations: CI stop 20), and
+    it parses to its operations."""
     from collections import Counter
 
     import jsonschema
 
-    from espl.trainer.mutator import (LLMMutator, MutatorSettings, RolloutGroup, critique_schema, parse_operations,
-                                      with_analysis)
+    from espl.trainer.mutator import (LLMMutator, MutatorSettings, RolloutGroup, analysis_chars, critique_schema,
+                                      parse_operations, with_analysis)
     from espl.types import Trajectory
 
     def traj(reward, text):
@@ -201,14 +203,14 @@ def test_reason_then_json_object_schema_on_llama_cpp(llama_server):
 
     group = RolloutGroup("What is 12 * 3?", "36", (traj(1.0, "12 * 3 = 36. Answer: 36"), traj(0.0, "12 * 3 = 32. Answer: 32")))
     mutator = LLMMutator(OpenAIPolicy(llama_server, "smollm2", retries=0),
-                         MutatorSettings(reflection="reason_then_json", summary_tokens=16, critique_tokens=160,
+                         MutatorSettings(reflection="reason_then_json", summary_tokens=16, critique_tokens=400,
                                          revision_tokens=160))
     result = mutator.mutate(("Check the units of every quantity.",), [group], seed=0)
     assert mutator.constrained
     critique = next(reply for prompt, reply in result.calls if "extract generalizable principles" in prompt)
     value = json.loads(critique)
-    assert list(value) == ["analysis", "operations"]
-    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2)))
+    assert list(value) == ["analysis", "operations"] and len(value["analysis"]) <= analysis_chars(400) == 800
+    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2), analysis_chars(400)))
     assert parse_operations(critique, critique_schema(["G0"], 2), Counter()) == value["operations"]
 
 

@@ -453,7 +453,8 @@ def test_reason_then_json_keeps_the_analysis_and_decodes_it_first():
 
     for reflection, shape in (("reason_then_json", "object"), ("json_only", "list")):
         llm = ScriptedJsonLLM(lambda p, shape=shape: script(p, shape))
-        m = LLMMutator(llm, MutatorSettings(reflection=reflection))  # type: ignore[arg-type]
+        settings = MutatorSettings(reflection=reflection, critique_tokens=160, revision_tokens=192, crossover_tokens=3000)
+        m = LLMMutator(llm, settings)  # type: ignore[arg-type]
         assert m.constrained
         result = m.mutate(("Read carefully.",), GROUPS, seed=0)
         assert (result.reason, result.principles, result.constrained) == ("ok", ("Read carefully.", SHORT), True)
@@ -468,6 +469,8 @@ def test_reason_then_json_keeps_the_analysis_and_decodes_it_first():
             else:
                 assert schema["type"] == "array" and "Reply with the JSON list of operations only." in prompt
                 assert '"analysis"' not in prompt
+        if reflection == "reason_then_json":  # the analysis may take half of each call's own budget, at most 4000
+            assert [sch["properties"]["analysis"]["maxLength"] for sch in llm.schemas] == [320, 384, 4000]
         critique_prompt = llm.prompts[0]
         assert "Trajectory analysis" in critique_prompt  # the step-by-step comparison the reference asks for
 
@@ -486,7 +489,7 @@ def test_reason_then_json_schema_compiles_and_parses_on_smollm2():
     import jsonschema
 
     from espl.agents.hf import HFPolicy
-    from espl.trainer.mutator import critique_schema, with_analysis
+    from espl.trainer.mutator import analysis_chars, critique_schema, with_analysis
 
     policy = HFPolicy("smollm2-135m")
     m = LLMMutator(policy, MutatorSettings(reflection="reason_then_json", summary_tokens=8, critique_tokens=160,
@@ -497,7 +500,7 @@ def test_reason_then_json_schema_compiles_and_parses_on_smollm2():
     critique = next(reply for prompt, reply in result.calls if "extract generalizable principles" in prompt)
     value = json.loads(critique)
     assert list(value) == ["analysis", "operations"] and isinstance(value["analysis"], str)
-    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2)))
+    jsonschema.validate(value, with_analysis(critique_schema(["G0"], 2), analysis_chars(160)))
     schema = critique_schema(["G0"], 2)
     assert parse_operations(critique, schema, Counter()) == value["operations"][:2]
     assert result.reason not in ("json_error", "empty") and "json_error" not in result.rejected
