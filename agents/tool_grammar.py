@@ -8,9 +8,11 @@ rollout.tool_grammar=required`):
   where CALL is `{"name": <one of the tools' names>, "arguments": <that tool's parameter schema>}`; when the env
   allows parallel calls (`parallel_tool_calls`, e.g. BFCL's parallel categories) CALL may instead be a JSON list
   of such calls (the form envs/tools.py reads from one block, and SmolLM2 was tuned on).
-- "auto": free text (the final answer) that never opens a `<tool_call>` tag, optionally followed by one such
-  block; text inside a block is constrained as in "required". A bare JSON call without the tags (which the envs
-  also accept) is free text here, i.e. not constrained.
+- "auto": one call, or free text (the final answer). The call is a block as in "required", or the same CALL
+  bare or in a ```json fence (the untagged forms the envs read too, and Qwen2.5-Coder writes: unconstrained, its
+  bare calls on espl/ToolMath-v0 carried an invented `"required"` argument and looped on the error). Free text
+  is what does not open like a call (its first character is not `{`, `[`, `<`, a backquote or whitespace)
+  and never opens a `<tool_call>` tag, optionally followed by one such block.
 
 Every call the grammar admits parses (envs/tools.py) as a call of one of the env's tools whose arguments
 validate against its schema; the grammar cannot make a call right. The JSON is compact (`{"a": 1, "b": 2}`:
@@ -45,6 +47,9 @@ TOOL_GRAMMAR_MODES: tuple[str, ...] = ("off", "required", "auto")
 BLOCK_BEGIN = "<tool_call>\n"
 BLOCK_END = "\n</tool_call>"
 TRIGGER = "<tool_call>"
+FENCE_BEGIN = "```json\n"
+FENCE_END = "\n```"
+TEXT_START = r"[^{\[<`\s]"  # free text under "auto" opens with none of what opens a call
 MAX_WHITESPACE = 1  # consecutive whitespace characters allowed inside the JSON (see the module docstring)
 
 
@@ -90,13 +95,16 @@ def structural_tag(tools: Sequence[dict[str, Any]], mode: str, parallel: bool = 
     check_mode(mode)
     if mode == "off":
         raise ValueError("tool_grammar: 'off' has no grammar")
-    block = {"type": "tag", "begin": BLOCK_BEGIN, "end": BLOCK_END,
-             "content": {"type": "json_schema", "json_schema": call_schema(tools, parallel),
-                         "max_whitespace_cnt": MAX_WHITESPACE}}
+    call = {"type": "json_schema", "json_schema": call_schema(tools, parallel), "max_whitespace_cnt": MAX_WHITESPACE}
+    block = {"type": "tag", "begin": BLOCK_BEGIN, "end": BLOCK_END, "content": call}
     if mode == "required":
         fmt: dict[str, Any] = block
-    else:  # text without the trigger, then at most one block (the grammar ends after it)
-        fmt = {"type": "triggered_tags", "triggers": [TRIGGER], "tags": [block], "stop_after_first": True}
+    else:  # a call (tagged, bare or fenced), or text that does not open like one, then at most one block
+        fenced = {"type": "tag", "begin": FENCE_BEGIN, "end": FENCE_END, "content": call}
+        text = {"type": "sequence", "elements": [
+            {"type": "regex", "pattern": TEXT_START},
+            {"type": "triggered_tags", "triggers": [TRIGGER], "tags": [block], "stop_after_first": True}]}
+        fmt = {"type": "or", "elements": [block, call, fenced, text]}
     return {"type": "structural_tag", "format": fmt}
 
 
@@ -111,8 +119,9 @@ def llguidance_grammar(tools: Sequence[dict[str, Any]], mode: str, parallel: boo
     if mode == "required":
         return f"%llguidance {{}}\nstart: block\n{block}"
     if mode == "auto":
-        return ("%llguidance {}\nstart: TEXT block?\n"
-                f"TEXT: /(?s:.*)/ & ~/(?s:.*{TRIGGER}.*)/\n{block}")
+        return ("%llguidance {}\nstart: block | call | fenced | TEXT block?\n"
+                f"fenced: {json.dumps(FENCE_BEGIN)} call {json.dumps(FENCE_END)}\n"
+                f"TEXT: /{TEXT_START}(?s:.*)/ & ~/(?s:.*{TRIGGER}.*)/\n{block}")
     raise ValueError("tool_grammar: 'off' has no grammar")
 
 

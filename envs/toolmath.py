@@ -5,7 +5,8 @@ products of three 2-digit numbers, and 3-5 term expressions with precedence and 
 
 - `calculator(expression)`: evaluates arithmetic with a whitelist walk over Python's AST (numbers,
   + - * / // % **, `^` as power, parentheses, abs/round/sqrt/floor/ceil/min/max/log/exp); no `eval`, with
-  limits on length, size of powers and of results.
+  limits on length, size of powers and of results. An expression that is already a number is an error that
+  says to answer (a small model fed its own result back to it until the turns ran out).
 - `python(code)`: runs code in the Docker sandbox (`espl.sandboxes.python_tool.run_python`) and returns its
   output. Offered only when the sandbox is available (`python_tool="auto"`, the default; a log line says
   when it is left out); `python_tool="on"` makes a missing sandbox an error, `"off"` never offers it.
@@ -152,7 +153,23 @@ def calculator(expression: str) -> str:
     Args:
         expression: The arithmetic to compute, e.g. "(361 * 220) - 17 / 4" (+ - * / // % **, sqrt, abs, round).
     """
-    return safe_eval(expression)
+    result = safe_eval(expression)
+    if _is_number(expression):
+        # Qwen2.5-Coder-0.5B fed its own result back until max_turns (11 of 32 episodes): say what to do instead
+        raise CalculatorError(f"{expression.strip()} is already a number, there is nothing to compute; if it is "
+                              f"the result, reply without a tool call and end with the line 'Answer: {result}'")
+    return result
+
+
+def _is_number(expression: str) -> bool:
+    """A plain (signed) number: what `safe_eval` returns unchanged."""
+    try:
+        node = ast.parse(expression.strip().rstrip("=").strip(), mode="eval").body
+    except SyntaxError:
+        return False
+    while isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
 
 
 # ---- the python tool (sandboxed) -------------------------------------------------------------------------

@@ -89,6 +89,13 @@ def test_xgrammar_matcher_accepts_calls_and_rejects_what_the_env_would(smol_poli
     listed = '<tool_call>\n[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "shout", "arguments": {"text": "x"}}]'
     assert accepts(listed, "required", parallel=True) and not accepts(listed, "required")
     assert not accepts(call + "\nmore text", "required")  # exactly one block
+    # "auto": the untagged forms the envs read are constrained too (Qwen's bare calls carried a "required" key)
+    bare = '{"name": "add", "arguments": {"a": 1, "b": 2}}'
+    assert accepts(bare, "auto") and accepts("```json\n" + bare + "\n```", "auto") and accepts(call, "auto")
+    assert not accepts('{"name": "add", "arguments": {"a": 1, "b": 2, "required": ["a"]}}', "auto")
+    assert not accepts(bare + ', {"return": "3"}', "auto")  # nothing after the call (it invented the result)
+    assert not accepts("\n" + bare, "auto") and not accepts("```python\nprint(3)", "auto")  # text opens otherwise
+    assert accepts("Answer: 3", "auto") and accepts("3 {not a call}", "auto")
 
 
 def test_every_bfcl_tool_set_compiles(smol_policy):
@@ -193,7 +200,7 @@ def test_llamacpp_grammar_and_response_format_give_valid_calls(llama_server):
 
 def test_llguidance_grammar_text_is_what_llamacpp_reads():
     g = llguidance_grammar([ADD], "auto")
-    assert g.startswith("%llguidance {}\nstart: TEXT block?") and '"const": "add"' in g
+    assert g.startswith("%llguidance {}\nstart: block | call | fenced | TEXT block?") and '"const": "add"' in g
     assert llguidance_grammar([ADD], "required").splitlines()[1] == "start: block"
 
 
