@@ -9,6 +9,9 @@ the LoRA weights). Two prompts are evaluated, each with the trained adapter:
 
 When they are the same prompt it is evaluated once. The pool is read from the checkpoint, so prompts and
 adapter weights come from the same step; a run without a checkpoint falls back to `pool.json` and no
+adapter. `--from-run RUN_DIR/best` evaluates the run's best checkpoint instead (the step whose held-out score
+was highest, kept by the in-loop evaluation): its newest and best-rated prompts and, as **heldout-best**, the
+prompt that scored that best (best/best.json; none when that was the no-prompt evaluation), with that step's
 adapter. The adapter's identity is the sha256 of its weights file, so two runs with equal weights and
 prompt are one agent.
 """
@@ -24,7 +27,7 @@ from espl.agents.errors import AdapterMismatch
 from espl.agents.policy import LoraSettings, Policy, PolicySpec, build_policy
 from espl.leaderboard.runner import file_sha256
 
-Label = Literal["newest", "best"]
+Label = Literal["newest", "best", "heldout-best"]
 
 
 class RunDirError(ValueError):
@@ -33,7 +36,7 @@ class RunDirError(ValueError):
 
 @dataclass(frozen=True)
 class TrainedPrompt:
-    label: str  # "newest", "best" or "newest+best"
+    label: str  # "newest", "best", "heldout-best", or several joined by "+" when they are one prompt
     prompt_id: int
     principles: tuple[str, ...]
     mu: float
@@ -49,10 +52,12 @@ class TrainedRun:
     prompts: tuple[TrainedPrompt, ...]
     adapter_path: Path | None
     adapter_hash: str | None
+    checkpoint: str = "last"  # "last" (RUN_DIR) or "best" (RUN_DIR/best)
 
     def agent_name(self, prompt: TrainedPrompt) -> str:
         adapter = " + adapter" if self.adapter_path else ""
-        return f"{self.run_dir.name}@{self.step} {prompt.label} prompt #{prompt.prompt_id}{adapter}"
+        where = "/best" if self.checkpoint == "best" else ""
+        return f"{self.run_dir.name}{where}@{self.step} {prompt.label} prompt #{prompt.prompt_id}{adapter}"
 
 
 def read_run(run_dir: str | Path) -> TrainedRun:
@@ -62,12 +67,27 @@ def read_run(run_dir: str | Path) -> TrainedRun:
     from espl.trainer.pool import PromptPool, prompt_text
 
     run_dir = Path(run_dir).expanduser()
+    best_record: dict[str, Any] | None = None
+    state_dir: Path | None = None
+    if run_dir.name == ckpt.BEST and (run_dir.parent / "config.toml").is_file():
+        best_dir, run_dir = run_dir, run_dir.parent
+        state_dir = best_dir
+        try:
+            best_record = json.loads((best_dir / ckpt.BEST_RECORD).read_text(encoding="utf-8"))
+            int(best_record["step"]), best_record["prompt_id"] is None or int(best_record["prompt_id"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunDirError(f"--from-run {best_dir}: no readable {ckpt.BEST_RECORD} ({exc}); the run has not "
+                              "kept a best checkpoint (evaluation.every > 0 keeps one)") from None
+        if not (best_dir / "state.json").is_file():
+            raise RunDirError(f"--from-run {best_dir}: no state.json; give RUN_DIR for the last checkpoint")
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
-        raise RunDirError(f"--from-run {run_dir}: no config.toml; give a RUN_DIR written by `espl train --out`")
+        raise RunDirError(f"--from-run {run_dir}: no config.toml; give a RUN_DIR written by `espl train --out` "
+                          "(or RUN_DIR/best)")
     cfg = TrainConfig.from_sources(config_path)
 
-    state_dir = next((run_dir / n for n in (ckpt.NAME, ckpt.OLD) if (run_dir / n / "state.json").is_file()), None)
+    if best_record is None:
+        state_dir = next((run_dir / n for n in (ckpt.NAME, ckpt.OLD) if (run_dir / n / "state.json").is_file()), None)
     if state_dir is not None:
         state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
         pool_data, step = state["pool"], int(state["step"])
@@ -83,15 +103,25 @@ def read_run(run_dir: str | Path) -> TrainedRun:
     if step < 0:
         step = max(r.birth_step for r in pool.records)
 
-    newest, best = pool.newest, pool.best("exploit")
-    picks: list[tuple[str, Any]] = [("newest+best", newest)] if newest.id == best.id else [("newest", newest), ("best", best)]
+    picks: dict[int, tuple[str, Any]] = {}  # prompt id -> (labels, record), in the order first picked
+    chosen = [("newest", pool.newest), ("best", pool.best("exploit"))]
+    if best_record is not None and best_record["prompt_id"] is not None:  # None: it was no prompt that scored
+        heldout = next((r for r in pool.records if r.id == int(best_record["prompt_id"])), None)
+        if heldout is None:
+            raise RunDirError(f"--from-run {state_dir}: {ckpt.BEST_RECORD} names prompt "
+                              f"#{best_record['prompt_id']}, which is not in that checkpoint's pool")
+        chosen.append(("heldout-best", heldout))
+    for label, record in chosen:
+        labels = picks[record.id][0] + "+" + label if record.id in picks else label
+        picks[record.id] = (labels, record)
     prompts = tuple(
         TrainedPrompt(label=label, prompt_id=r.id, principles=tuple(r.principles), mu=r.mu, sigma=r.sigma,
                       text=prompt_text(r.principles, cfg.selection.placement))
-        for label, r in picks
+        for label, r in picks.values()
     )
     return TrainedRun(run_dir=run_dir, config=cfg, step=step, prompts=prompts, adapter_path=adapter_path,
-                      adapter_hash=file_sha256(str(adapter_path)) if adapter_path else None)
+                      adapter_hash=file_sha256(str(adapter_path)) if adapter_path else None,
+                      checkpoint="last" if best_record is None else "best")
 
 
 def policy_spec(run: TrainedRun, **spec_fields: Any) -> PolicySpec:

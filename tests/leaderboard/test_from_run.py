@@ -55,6 +55,34 @@ def test_read_run_picks_newest_and_best(run_dir):
     assert run.agent_name(run.prompts[1]) == "my-run@2 best prompt #1 + adapter"
 
 
+def test_read_run_of_the_best_checkpoint_adds_its_heldout_prompt(run_dir, tmp_path):
+    """`--from-run RUN_DIR/best`: that checkpoint's step, pool and adapter, and the prompt best/best.json names
+    (here the root, #0) as heldout-best; a best/ without its record is a one-line error."""
+    import shutil
+
+    from espl.leaderboard.from_run import RunDirError, read_run
+    from espl.trainer import checkpoint as ckpt
+
+    copy = tmp_path / "my-run"
+    shutil.copytree(run_dir, copy)
+    state = json.loads((copy / "checkpoint" / "state.json").read_text())
+    shutil.copytree(copy / "checkpoint", copy / "best")
+    state["step"] = 1
+    (copy / "best" / "state.json").write_text(json.dumps(state))
+    (copy / "best" / ckpt.BEST_RECORD).write_text(json.dumps({"step": 1, "score": 0.5, "prompt_id": 0, "prompt": None}))
+    run = read_run(copy / "best")
+    assert (run.run_dir, run.step, run.checkpoint) == (copy, 1, "best")
+    assert run.adapter_path == copy / "best" / "adapter.safetensors"
+    assert [(p.label, p.prompt_id) for p in run.prompts] == [("newest", 2), ("best", 1), ("heldout-best", 0)]
+    assert run.agent_name(run.prompts[2]) == "my-run/best@1 heldout-best prompt #0 + adapter"
+    (copy / "best" / ckpt.BEST_RECORD).write_text(json.dumps({"step": 1, "score": 0.5, "prompt_id": 1}))
+    assert [p.label for p in read_run(copy / "best").prompts] == ["newest", "best+heldout-best"]
+    (copy / "best" / ckpt.BEST_RECORD).unlink()
+    with pytest.raises(RunDirError, match="best.json"):
+        read_run(copy / "best")
+    assert read_run(copy).checkpoint == "last"
+
+
 def test_adapter_is_applied(run_dir):
     import torch
     from safetensors.torch import load_file
