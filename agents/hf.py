@@ -83,6 +83,7 @@ class HFPolicy:
         prefix_sharing: bool | None = None,
         min_shared_prefix: int = 16,
         logprob_chunk: int | None = 1024,
+        activation_checkpointing: bool = True,
         kv_cache: KVCache = "auto",
         compile_decode: bool | None = None,
     ):
@@ -128,6 +129,11 @@ class HFPolicy:
         self.grammar_failures = 0  # sampled tokens a tool grammar rejected (should stay 0)
         # trajectory_logprobs: positions per LM-head chunk (None: all at once); see there
         self.logprob_chunk: int | None = logprob_chunk
+        # the update's forward keeps only each decoder layer's input and recomputes the layer in backward: a
+        # 3,300-token BFCL episode of Qwen2.5-0.5B otherwise kept ~4.8 MB a token (a 4-row micro-batch over
+        # 24 GiB: the OOM that stopped tool RL, docs/performance.md); generation (eval mode) is unaffected
+        self.activation_checkpointing = activation_checkpointing
+        self._checkpointing_on = False
         # the decode loop's KV cache: "dynamic" (grown by concatenation), "static" (pre-allocated to the chunk's
         # length, written in place), "auto" (see `_static_kv`); `compile_decode` wraps the decode step's forward
         # in torch.compile (static cache only; None: on CUDA yes, on CPU no, see `_compiled`)
@@ -216,7 +222,12 @@ class HFPolicy:
                              "the LoraSettings must match the adapter's")
 
     def set_training(self, training: bool) -> None:
-        """Train mode (dropout on) for an update, eval mode for generation."""
+        """Train mode (dropout on, and activation checkpointing when `activation_checkpointing`) for an update,
+        eval mode for generation."""
+        if training and self.activation_checkpointing and not self._checkpointing_on:
+            # non-reentrant: no input needs requires_grad (LoRA), and dropout's RNG state is replayed exactly
+            self._lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self._checkpointing_on = True
         self.model.train(training)
 
     def trajectory_logprobs(self, trajectories: Sequence[Trajectory], advantages: Sequence[float],
@@ -257,14 +268,15 @@ class HFPolicy:
             constrained = tuple(x.to(device) for x in constrained)
         positions = width - start - 1
         if self.logprob_chunk is None or positions <= self.logprob_chunk:
-            logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start).logits[:, :-1]
+            logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start,
+                                use_cache=False).logits[:, :-1]
             lp = _token_logprobs(logits, targets, temperature, constrained, 0)
         else:
             # long replies: the LM head and log-softmax run over chunks of positions, each recomputed in the
             # backward pass (checkpoint), so [rows, positions, vocab] float32 logits never exist at once
             from torch.utils.checkpoint import checkpoint
 
-            hidden = self._lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state[:, start:-1]
+            hidden = self._lm.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, start:-1]
             head = self._lm.get_output_embeddings()
 
             def chunk_lp(h: Any, tgt: Any, offset: int) -> Any:

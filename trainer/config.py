@@ -195,6 +195,8 @@ class OptimizerConfig(_Section):
     adam_beta2: float = opt(0.95, "Adam beta2", ge=0.0, lt=1.0)
     adam_eps: float = opt(1e-8, "Adam epsilon", gt=0.0)
     micro_batch: int = opt(8, "episodes per forward/backward (one Adam step per training step)", ge=1)
+    micro_batch_tokens: int = opt(4096, "at most this many padded tokens (rows x longest) per forward/backward; a "
+                                        "longer episode goes alone (memory: ~2.6 MB a token for Qwen2.5-0.5B)", ge=1)
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,41 @@ def test_decode_chunks_group_prompts_by_length_and_bound_the_padding_on_cpu(smol
     assert sorted(i for c in decode_chunks([5, 1, 3], lengths, 64, cap_padding=True) for i in c) == [1, 3, 5]
     # the real policy on this CPU caps the padding
     assert smol_policy.device.type == "cpu" and smol_policy._chunks(list(range(6)), lengths) == chunks
+
+
+def test_activation_checkpointing_recomputes_layers_and_keeps_the_gradients():
+    """HFPolicy(activation_checkpointing=True), the default: the update's forward keeps only each decoder
+    layer's input and recomputes the layer in backward (memory: a 1,536-token Qwen2.5-0.5B episode peaked at
+    9.9 GiB without, 6.5 GiB with, docs/performance.md); log-probs and LoRA gradients are those without it."""
+    import torch
+
+    from espl.agents.hf import HFPolicy, LoraSettings
+    from espl.types import Trajectory
+
+    L = 96
+    traj = Trajectory(env_id="x", task_id="t", messages=[], reward=1.0, reason="", token_ids=[100 + i for i in range(L)],
+                      logprobs=[0.0] * L, mask=[0] * (L - 24) + [1] * 24)
+    pol = HFPolicy("smollm2-135m", lora=LoraSettings(r=4, alpha=8), activation_checkpointing=False)
+    with torch.no_grad():  # LoRA B starts at zero: move it so the adapter's gradients are not trivial
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+    attn_calls: list[int] = []
+    pol._lm.get_decoder().layers[2].self_attn.register_forward_pre_hook(lambda m, a: attn_calls.append(1))
+    results = []
+    for on in (False, True):
+        pol.activation_checkpointing = on
+        pol.set_training(True)
+        pol.model.zero_grad(set_to_none=True)
+        attn_calls.clear()
+        lp = pol.trajectory_logprobs([traj], [1.0], 1.0)
+        (lp.logprobs * lp.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in pol.model.named_parameters() if p.grad is not None}
+        results.append((lp.logprobs.detach(), grads, len(attn_calls)))
+        pol.set_training(False)
+    (lp_off, g_off, calls_off), (lp_on, g_on, calls_on) = results
+    assert (calls_off, calls_on) == (1, 2)  # the layer ran again in backward only with checkpointing
+    torch.testing.assert_close(lp_on, lp_off)
+    assert g_off and g_on.keys() == g_off.keys()
+    for name in g_off:
+        torch.testing.assert_close(g_on[name], g_off[name], atol=1e-6, rtol=1e-4)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from espl.cli import app
 from espl.trainer import checkpoint as ckpt
-from espl.trainer.espl import StepMetrics, TrainConfig, Trainer, batch_indices, derive_seed
+from espl.trainer.espl import StepMetrics, TrainConfig, Trainer, batch_indices, derive_seed, micro_batches
 from espl.trainer.pool import PromptPool
 
 
@@ -443,3 +443,19 @@ def test_placement_travels_in_the_episode():
         trainer.cfg = TrainConfig.from_dict({"selection.placement": placement})
         ep = trainer._episode(3, ("Check the units.",), 7)
         assert (ep.seed, ep.sample_seed, ep.placement) == (3, 7, placement) and "Check the units." in ep.system_prompt
+
+
+def test_micro_batches_cap_rows_and_padded_tokens_and_keep_the_order():
+    from espl.types import Trajectory
+
+    def item(n):
+        return (Trajectory(env_id="x", task_id=str(n), messages=[], reward=0.0, reason="", token_ids=[0] * n), float(n))
+
+    lengths = [10, 20, 30, 40, 1000, 1100, 3300, 3400]
+    out = micro_batches([item(n) for n in lengths], rows=4, tokens=2400)
+    assert [[len(t.token_ids) for t, _ in mb] for mb in out] == [[10, 20, 30, 40], [1000, 1100], [3300], [3400]]
+    assert [a for mb in out for _, a in mb] == [float(n) for n in lengths]  # every episode once, in order
+    assert [len(mb) for mb in micro_batches([item(5)] * 10, rows=4, tokens=10**6)] == [4, 4, 2]  # rows alone
+    assert TrainConfig().optimizer.micro_batch_tokens == 4096
+    with pytest.raises(ValueError, match="optimizer.micro_batch_tokens"):
+        TrainConfig.from_sources(None, ["optimizer.micro_batch_tokens=0"])
