@@ -123,18 +123,23 @@ def format_number(value: Any) -> str:
     return str(value)
 
 
+def _parse(expression: str) -> ast.Expression:
+    """The expression's AST, after the calculator's normalisation (× ÷ − as * / -, a trailing "=")."""
+    text = (expression.replace("×", "*").replace("÷", "/").replace("−", "-")
+            .strip().rstrip("=").strip())
+    try:
+        return ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise CalculatorError(f"cannot parse {expression!r}: {exc.msg}") from None
+
+
 def safe_eval(expression: str) -> str:
     """Evaluate an arithmetic expression without `eval`: parse it and walk a whitelist of AST nodes."""
     if not isinstance(expression, str) or not expression.strip():
         raise CalculatorError("empty expression")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    text = (expression.replace("×", "*").replace("÷", "/").replace("−", "-")
-            .strip().rstrip("=").strip())
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
-        raise CalculatorError(f"cannot parse {expression!r}: {exc.msg}") from None
+    tree = _parse(expression)
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise CalculatorError(f"expression too complex (more than {MAX_NODES} parts)")
     try:
@@ -162,11 +167,8 @@ def calculator(expression: str) -> str:
 
 
 def _is_number(expression: str) -> bool:
-    """A plain (signed) number: what `safe_eval` returns unchanged."""
-    try:
-        node = ast.parse(expression.strip().rstrip("=").strip(), mode="eval").body
-    except SyntaxError:
-        return False
+    """A plain (signed) number: what `safe_eval` returns unchanged (called after it accepted `expression`)."""
+    node = _parse(expression).body
     while isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         node = node.operand
     return isinstance(node, ast.Constant) and type(node.value) in (int, float)
