@@ -3,6 +3,8 @@ paired on the same items and sampling seeds, with the exact McNemar p-value and 
 
     python benchmarks/tool_rl.py --out runs/tool_rl                       # BFCL live_simple+multiple+live_multiple
     python benchmarks/tool_rl.py --steps 2 --test-items 16 --out /tmp/t   # a smoke run
+    python benchmarks/tool_rl.py --out runs/short --steps 4 --test-items 220 --env-kwargs '{"category":
+        ["live_simple", "multiple", "simple_python"]}'   # the shorter prompts of docs/tools.md (+ its --set's)
     python benchmarks/tool_rl.py --env espl/ToolMath-v0 --env-kwargs '{}' --out runs/toolmath_rl
 
 One process: the trainer (`espl.trainer.espl.Trainer`, the same one `espl train` builds, from the same
@@ -10,7 +12,7 @@ One process: the trainer (`espl.trainer.espl.Trainer`, the same one `espl train`
 test split (`espl.agents.evaluate.evaluate`, greedy by default), trains `--steps` steps on the train split,
 and evaluates again with the trained adapter on the same tasks with the same sampling seeds. Writes
 OUT/result.json (settings, per-item rewards before and after, the paired statistics of agents/stats.py,
-per-step training metrics) and prints a summary. The trainer's run dir is OUT/run (checkpoints, metrics, so
+per-step training metrics of every trained step, from OUT/run/metrics.csv) and prints a summary. The trainer's run dir is OUT/run (checkpoints, metrics, so
 an interrupted run resumes with `--resume`: the before-evaluation is kept in OUT/before.json, with the
 settings it was made under; a before.json copied into a new OUT is reused by `--resume` when they match).
 """
@@ -49,6 +51,20 @@ def evaluate_items(trainer: Any, n: int, temperature: float, max_new_tokens: int
              for t in result.trajectories}
     return {"mean": result.mean_reward, "ci95": result.ci95, "n": result.episodes, "reasons": result.reasons,
             "seconds": time.perf_counter() - t0, "items": items, "error": result.error}
+
+
+def trained_steps(run_dir: Path) -> list[dict[str, Any]]:
+    """Every trained step's metrics from the run's metrics.csv, the steps of an earlier process that this one
+    resumed from included (the step loop below sees only its own)."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    keep = ("mean_reward", "skip_ratio", "loss", "time_rollout", "time_update", "time_total")
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{"step": int(row["step"]), **{k: float(row[k]) for k in keep if row.get(k)}}
+                for row in csv.DictReader(f)]
 
 
 def main() -> None:
@@ -98,11 +114,8 @@ def main() -> None:
         before_file.write_text(json.dumps(before, indent=1))
     print(f"before: {before['mean']:.3f} +- {before['ci95']:.3f} on {before['n']} items ({before['seconds']:.0f} s)",
           flush=True)
-    steps = []
     while trainer.step_count < args.steps:
         m = trainer.step()
-        steps.append({"step": m.step, "mean_reward": m.mean_reward, "skip_ratio": m.skip_ratio, "loss": m.loss,
-                      "time_total": m.time_total})
         print(f"step {m.step}: reward {m.mean_reward:.3f} skip {m.skip_ratio:.2f} loss {m.loss:.3f} "
               f"({m.time_total:.0f} s)", flush=True)
     after = evaluate_items(trainer, *eval_args)
@@ -112,7 +125,7 @@ def main() -> None:
     result = {"env": cfg.env, "env_kwargs": cfg.env_kwargs, "model": cfg.model, "steps": args.steps,
               "overrides": overrides, "eval": {"items": args.test_items, "temperature": args.eval_temperature,
                                                "max_new_tokens": args.eval_max_new_tokens, "seed": args.seed},
-              "before": before, "after": after, "paired": stats.to_dict(), "train_steps": steps}
+              "before": before, "after": after, "paired": stats.to_dict(), "train_steps": trained_steps(run_dir)}
     (args.out / "result.json").write_text(json.dumps(result, indent=1))
     lo, hi = stats.ci95
     print(f"after: {after['mean']:.3f} on {after['n']} items; paired n={stats.n}: {stats.rate_a:.3f} -> "
