@@ -56,15 +56,14 @@ def evaluate_items(trainer: Any, n: int, temperature: float, max_new_tokens: int
 def trained_steps(run_dir: Path) -> list[dict[str, Any]]:
     """Every trained step's metrics from the run's metrics.csv, the steps of an earlier process that this one
     resumed from included (the step loop below sees only its own)."""
-    import csv
+    from espl.trainer.plots import RunFilesError, read_metrics
 
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
+    try:
+        rows = read_metrics(run_dir)
+    except RunFilesError:  # no step trained yet (--steps 0)
         return []
     keep = ("mean_reward", "skip_ratio", "loss", "time_rollout", "time_update", "time_total")
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{"step": int(row["step"]), **{k: float(row[k]) for k in keep if row.get(k)}}
-                for row in csv.DictReader(f)]
+    return [{"step": int(row["step"]), **{k: float(row[k]) for k in keep if row.get(k)}} for row in rows]
 
 
 def main() -> None:

@@ -135,6 +135,11 @@ def _parse(expression: str) -> ast.Expression:
 
 def safe_eval(expression: str) -> str:
     """Evaluate an arithmetic expression without `eval`: parse it and walk a whitelist of AST nodes."""
+    return _evaluate(_checked_tree(expression))
+
+
+def _checked_tree(expression: str) -> ast.Expression:
+    """The expression's AST after the calculator's limits (empty, length, parse, size); CalculatorError else."""
     if not isinstance(expression, str) or not expression.strip():
         raise CalculatorError("empty expression")
     if len(expression) > MAX_EXPRESSION_CHARS:
@@ -142,6 +147,10 @@ def safe_eval(expression: str) -> str:
     tree = _parse(expression)
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise CalculatorError(f"expression too complex (more than {MAX_NODES} parts)")
+    return tree
+
+
+def _evaluate(tree: ast.Expression) -> str:
     try:
         return format_number(_eval_node(tree))
     except ZeroDivisionError:
@@ -158,17 +167,18 @@ def calculator(expression: str) -> str:
     Args:
         expression: The arithmetic to compute, e.g. "(361 * 220) - 17 / 4" (+ - * / // % **, sqrt, abs, round).
     """
-    result = safe_eval(expression)
-    if _is_number(expression):
+    tree = _checked_tree(expression)
+    result = _evaluate(tree)
+    if _is_number(tree):
         # Qwen2.5-Coder-0.5B fed its own result back until max_turns (11 of 32 episodes): say what to do instead
         raise CalculatorError(f"{expression.strip()} is already a number, there is nothing to compute; if it is "
                               f"the result, reply without a tool call and end with the line 'Answer: {result}'")
     return result
 
 
-def _is_number(expression: str) -> bool:
-    """A plain (signed) number: what `safe_eval` returns unchanged (called after it accepted `expression`)."""
-    node = _parse(expression).body
+def _is_number(tree: ast.Expression) -> bool:
+    """A plain (signed) number: what `safe_eval` returns unchanged."""
+    node = tree.body
     while isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         node = node.operand
     return isinstance(node, ast.Constant) and type(node.value) in (int, float)
