@@ -41,7 +41,7 @@ from espl.agents.errors import AdapterMismatch
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
 from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
-from espl.agents.tool_grammar import HFToolGrammar, ToolSet, trajectory_grammar
+from espl.agents.tool_grammar import HFToolGrammar, ToolSet, reply_mode, trajectory_grammar
 from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
@@ -84,6 +84,7 @@ class HFPolicy:
         min_shared_prefix: int = 16,
         logprob_chunk: int | None = 1024,
         activation_checkpointing: bool = True,
+        checkpoint_min_tokens: int = 1024,
         kv_cache: KVCache = "auto",
         compile_decode: bool | None = None,
     ):
@@ -131,9 +132,16 @@ class HFPolicy:
         self.logprob_chunk: int | None = logprob_chunk
         # the update's forward keeps only each decoder layer's input and recomputes the layer in backward: a
         # 3,300-token BFCL episode of Qwen2.5-0.5B otherwise kept ~4.8 MB a token (a 4-row micro-batch over
-        # 24 GiB: the OOM that stopped tool RL, docs/performance.md); generation (eval mode) is unaffected
+        # 24 GiB: the OOM that stopped tool RL, docs/performance.md); generation (eval mode) is unaffected.
+        # Only a micro-batch of at least `checkpoint_min_tokens` padded tokens (rows x longest) is checkpointed:
+        # a smaller one keeps its activations (at most that many tokens' worth, ~5 GB for the 0.5B), since the
+        # recompute costs time there and saves little (64-token SmolLM2 episodes: docs/performance.md)
+        if checkpoint_min_tokens < 0:
+            raise ValueError(f"checkpoint_min_tokens: must be >= 0, got {checkpoint_min_tokens}")
         self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_min_tokens = checkpoint_min_tokens
         self._checkpointing_on = False
+        self._checkpoint_layers: list[Any] = []  # the decoder layers whose checkpointing a micro-batch switches
         # the decode loop's KV cache: "dynamic" (grown by concatenation), "static" (pre-allocated to the chunk's
         # length, written in place), "auto" (see `_static_kv`); `compile_decode` wraps the decode step's forward
         # in torch.compile (static cache only; None: on CUDA yes, on CPU no, see `_compiled`)
@@ -225,10 +233,23 @@ class HFPolicy:
         """Train mode (dropout on, and activation checkpointing when `activation_checkpointing`) for an update,
         eval mode for generation."""
         if training and self.activation_checkpointing and not self._checkpointing_on:
-            # non-reentrant: no input needs requires_grad (LoRA), and dropout's RNG state is replayed exactly
+            # non-reentrant: no input needs requires_grad (LoRA), and dropout's RNG state is replayed exactly.
+            # Enabled once (enabling again would add another input hook); `_checkpoint_for` then switches the
+            # layers' flag per micro-batch
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
             self._lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self._checkpoint_layers = [m for m in self._lm.modules() if isinstance(m, GradientCheckpointingLayer)]
             self._checkpointing_on = True
         self.model.train(training)
+
+    def _checkpoint_for(self, padded_tokens: int) -> bool:
+        """Switches the decoder layers' activation checkpointing for a micro-batch of `padded_tokens`: on when
+        `activation_checkpointing` and at least `checkpoint_min_tokens`; returns whether it is on."""
+        on = self.activation_checkpointing and padded_tokens >= self.checkpoint_min_tokens
+        for layer in self._checkpoint_layers:
+            layer.gradient_checkpointing = on
+        return on and bool(self._checkpoint_layers)
 
     def trajectory_logprobs(self, trajectories: Sequence[Trajectory], advantages: Sequence[float],
                             temperature: float) -> TrajectoryLogprobs:
@@ -267,6 +288,8 @@ class HFPolicy:
         if constrained is not None:
             constrained = tuple(x.to(device) for x in constrained)
         positions = width - start - 1
+        if self.model.training:
+            self._checkpoint_for(n * width)
         if self.logprob_chunk is None or positions <= self.logprob_chunk:
             logits = self.model(input_ids=ids, attention_mask=attn, logits_to_keep=width - start,
                                 use_cache=False).logits[:, :-1]
@@ -309,8 +332,10 @@ class HFPolicy:
         masks = []
         for j, rec in records:
             ids = trajectories[j].token_ids
-            for s, e in rec["spans"]:
-                bits, n = g.replay(ids[s:e], rec["tools"], rec["mode"], bool(rec.get("parallel")))
+            for span in rec["spans"]:
+                s, e = span[0], span[1]
+                mode = span[2] if len(span) > 2 else rec["mode"]  # each reply's own mode (call_then_answer)
+                bits, n = g.replay(ids[s:e], rec["tools"], mode, bool(rec.get("parallel")))
                 if n:
                     rows.extend([j] * n)
                     pos.extend(range(s - 1 - start, s - 1 - start + n))
@@ -374,8 +399,10 @@ class HFPolicy:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         rendered = [self.renderer.start(conv, tools) for conv in conversations]
-        row_tools = ([ToolSet(list(tools), params.parallel_tool_calls)] * len(rendered)
-                     if tools and params.tool_grammar != "off" else None)
+        # each reply's mode: "call_then_answer" by the replies its conversation already holds
+        row_tools = ([ToolSet(list(tools), params.parallel_tool_calls,
+                              reply_mode(params.tool_grammar, sum(m.get("role") == "assistant" for m in conv)))
+                      for conv in conversations] if tools and params.tool_grammar != "off" else None)
         return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered], seeds=seeds,
                                     tools=row_tools)
 
@@ -394,9 +421,10 @@ class HFPolicy:
         rollouts split across workers reproduce a local run). Without `seeds`, row i's seed is derived from
         `params.seed` and i.
 
-        `tools`: one `ToolSet` (or None) per prompt. With `params.tool_grammar` "required"/"auto", a row with
-        tools is decoded under the tool-call grammar of agents/tool_grammar.py (its logits masked to what the
-        grammar allows before sampling; its log-probs those of the masked, renormalised distribution).
+        `tools`: one `ToolSet` (or None) per prompt. With `params.tool_grammar` not "off", a row with tools is
+        decoded under the tool-call grammar of agents/tool_grammar.py in its ToolSet's mode, else
+        `params.tool_grammar`'s (its logits masked to what the grammar allows before sampling; its log-probs those
+        of the masked, renormalised distribution). "call_then_answer" needs each row's mode in its ToolSet.
         """
         import torch
 
@@ -742,8 +770,8 @@ class _RowGrammars:
 
     def __init__(self, engine: HFToolGrammar | None, row_tools: Sequence[ToolSet | None], mode: str):
         self.engine = engine
-        self.matchers: list[Any] = [None if rt is None or engine is None else engine.matcher(rt.tools, mode, rt.parallel)
-                                    for rt in row_tools]
+        self.matchers: list[Any] = [None if rt is None or engine is None
+                                    else engine.matcher(rt.tools, rt.mode or mode, rt.parallel) for rt in row_tools]
         self.bitmask: Any = engine.allocate(len(row_tools)) if engine is not None else None
 
     def mask(self, logits: Any, alive: Sequence[int]) -> None:

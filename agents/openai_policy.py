@@ -133,9 +133,10 @@ class OpenAIPolicy:
             raise ValueError("response_formats: must have one entry per conversation")
         if not convs:
             return []
-        if tools and params.tool_grammar == "auto" and self.grammar_dialect is None and response_formats is None:
-            raise ValueError("tool_grammar: 'auto' needs a server that takes a grammar (backend llamacpp); an "
-                             "OpenAI-compatible server takes one JSON schema per request: use 'required'")
+        if (tools and params.tool_grammar in ("auto", "answer", "call_then_answer") and self.grammar_dialect is None
+                and response_formats is None):
+            raise ValueError(f"tool_grammar: {params.tool_grammar!r} needs a server that takes a grammar (backend "
+                             "llamacpp); an OpenAI-compatible server takes one JSON schema per request: use 'required'")
         results: list[Completion | None] = [None] * len(convs)
         errors: list[str | None] = [None] * len(convs)
         kinds: list[Any] = [None] * len(convs)
@@ -177,8 +178,10 @@ class OpenAIPolicy:
         elif tools and params.tool_grammar != "off":
             from espl.agents import tool_grammar
 
+            # this reply's mode: "call_then_answer" by the replies the conversation already holds
+            mode = tool_grammar.reply_mode(params.tool_grammar, sum(m.get("role") == "assistant" for m in conv))
             if self.grammar_dialect == "llguidance":
-                req["extra_body"] = {"grammar": tool_grammar.llguidance_grammar(tools, params.tool_grammar,
+                req["extra_body"] = {"grammar": tool_grammar.llguidance_grammar(tools, mode,
                                                                                 params.parallel_tool_calls)}
             else:
                 req["response_format"] = {"type": "json_schema", "json_schema": {

@@ -15,10 +15,11 @@
 - Tools: when the env has `tools` (JSON schemas), they are passed to `policy.generate(tools=...)`. Tool
   calls that the env parsed out of the reply text (`info["parsed_tool_calls"]`) are attached to the
   assistant message kept in the trajectory.
-- Tool grammar (`params.tool_grammar` "required"/"auto", agents/tool_grammar.py): every row with tools is
-  decoded under the grammar of its env's tools (token backends get them per row, with the env's
-  `parallel_tool_calls`); on the token-exact path the trajectory's `tool_grammar` records the mode, the tools
-  and the token range of each constrained reply, which `trajectory_logprobs` replays to rebuild the masks.
+- Tool grammar (`params.tool_grammar` not "off", agents/tool_grammar.py): every row with tools is decoded
+  under the grammar of its env's tools (token backends get them per row, with the env's `parallel_tool_calls`
+  and the reply's mode: "call_then_answer" is "required" for an episode's first reply, "answer" after); on the
+  token-exact path the trajectory's `tool_grammar` records the tools and the token range and mode of each
+  constrained reply, which `trajectory_logprobs` replays to rebuild the masks.
 - A reply cut by the token budget (`finish_reason == "length"`) goes to the env as it is, to be scored;
   the trajectory's `info["truncated_reply"]` counts such replies.
 - Each row has its own context budget. An episode whose next prompt fills the model's context (a token
@@ -49,6 +50,7 @@ import gymnasium as gym
 
 from espl.agents.errors import GenerationError, RolloutError
 from espl.agents.policy import Policy, TokenPolicy
+from espl.agents.tool_grammar import reply_mode
 from espl.seeds import mix_seed
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
@@ -87,7 +89,8 @@ class _Live:
     task_id: str
     tools: list[dict] | None
     parallel_calls: bool = False  # the env allows parallel calls in one reply (the tool grammar's list form)
-    grammar_spans: list[list[int]] = field(default_factory=list)  # token ranges decoded under the tool grammar
+    # token ranges decoded under the tool grammar, each with its reply's mode: [start, end, mode]
+    grammar_spans: list[list[Any]] = field(default_factory=list)
     prompt_ids: list[int] = field(default_factory=list)  # the next prompt (token-exact path)
     ids: list[int] = field(default_factory=list)  # everything so far
     mask: list[int] = field(default_factory=list)
@@ -257,7 +260,8 @@ def rollout(
             still: list[_Live] = []
             for lv, comp in zip(live, completions):
                 if constrained and lv.tools and comp.token_ids:
-                    lv.grammar_spans.append([len(lv.ids), len(lv.ids) + len(comp.token_ids)])
+                    lv.grammar_spans.append([len(lv.ids), len(lv.ids) + len(comp.token_ids),
+                                             reply_mode(params.tool_grammar, lv.turns)])
                 finished = _advance(lv, comp, policy, token_exact, st)
                 if finished is None:
                     still.append(lv)
@@ -298,7 +302,8 @@ def _generate(policy: Policy, live: list[_Live], params: SamplingParams, token_e
         if params.tool_grammar != "off":
             from espl.agents.tool_grammar import ToolSet
 
-            row_tools = [ToolSet(lv.tools, lv.parallel_calls) if lv.tools else None for lv in live]
+            row_tools = [ToolSet(lv.tools, lv.parallel_calls, reply_mode(params.tool_grammar, lv.turns))
+                         if lv.tools else None for lv in live]
             comps = policy.generate_tokens([lv.prompt_ids for lv in live], params, texts, seeds=seeds, tools=row_tools)
         else:
             comps = policy.generate_tokens([lv.prompt_ids for lv in live], params, texts, seeds=seeds)

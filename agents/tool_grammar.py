@@ -13,6 +13,12 @@ rollout.tool_grammar=required`):
   bare calls on espl/ToolMath-v0 carried an invented `"required"` argument and looped on the error). Free text
   is what does not open like a call (its first character is not `{`, `[`, `<`, a backquote or whitespace)
   and never opens a `<tool_call>` tag, optionally followed by one such block.
+- "answer": free text only, as "auto"'s text without the block: the reply cannot call a tool.
+- "call_then_answer": an episode's schedule, resolved per reply by the rollout (`reply_mode`): its first reply
+  is "required" (a call) and every later one "answer". For tasks one call settles (espl/ToolMath-v0: the whole
+  expression in one calculator call): Qwen2.5-Coder-0.5B, free or under "auto", calls the calculator again on
+  its own result until `max_turns` instead of answering (docs/tools.md). The trajectory records each reply's
+  mode, so the trainer replays the grammar each reply was sampled under.
 
 Every call the grammar admits parses (envs/tools.py) as a call of one of the env's tools whose arguments
 validate against its schema; the grammar cannot make a call right. The JSON is compact (`{"a": 1, "b": 2}`:
@@ -39,11 +45,13 @@ import copy
 import json
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence
 
+from espl.types import TOOL_GRAMMAR_MODES
+
 if TYPE_CHECKING:
     from espl.types import Trajectory
 
-ToolGrammarMode = Literal["off", "required", "auto"]
-TOOL_GRAMMAR_MODES: tuple[str, ...] = ("off", "required", "auto")
+ToolGrammarMode = Literal["off", "required", "auto", "answer", "call_then_answer"]
+REPLY_MODES: tuple[str, ...] = ("required", "auto", "answer")  # what one reply is decoded under
 BLOCK_BEGIN = "<tool_call>\n"
 BLOCK_END = "\n</tool_call>"
 TRIGGER = "<tool_call>"
@@ -54,8 +62,22 @@ MAX_WHITESPACE = 1  # consecutive whitespace characters allowed inside the JSON 
 
 
 def check_mode(mode: str, field: str = "tool_grammar") -> None:
-    if mode not in TOOL_GRAMMAR_MODES:
-        raise ValueError(f"{field}: must be one of {', '.join(TOOL_GRAMMAR_MODES)}, got {mode!r}")
+    """A reply's grammar mode (one of REPLY_MODES); an episode schedule or "off" has no grammar of its own."""
+    if mode in REPLY_MODES:
+        return
+    if mode == "call_then_answer":
+        raise ValueError(f"{field}: 'call_then_answer' is an episode's schedule, not one reply's grammar: the "
+                         "rollout resolves it per reply (reply_mode)")
+    if mode == "off":
+        raise ValueError(f"{field}: 'off' has no grammar")
+    raise ValueError(f"{field}: must be one of {', '.join(TOOL_GRAMMAR_MODES)}, got {mode!r}")
+
+
+def reply_mode(mode: str, turn: int) -> str:
+    """The grammar mode of an episode's reply number `turn` (0: the first) under the episode mode `mode`."""
+    if mode == "call_then_answer":
+        return "required" if turn == 0 else "answer"
+    return mode
 
 
 def _nullable(schema: Any) -> Any:
@@ -91,10 +113,12 @@ def call_schema(tools: Sequence[dict[str, Any]], parallel: bool = False) -> dict
 
 
 def structural_tag(tools: Sequence[dict[str, Any]], mode: str, parallel: bool = False) -> dict[str, Any]:
-    """The xgrammar structural tag of a reply under `mode` ("required" or "auto"; see the module docstring)."""
+    """The xgrammar structural tag of a reply under `mode` ("required", "auto" or "answer"; see the module
+    docstring)."""
     check_mode(mode)
-    if mode == "off":
-        raise ValueError("tool_grammar: 'off' has no grammar")
+    if mode == "answer":  # text that does not open like a call and never holds a <tool_call> tag
+        return {"type": "structural_tag", "format": {"type": "sequence", "elements": [
+            {"type": "regex", "pattern": TEXT_START}, {"type": "any_text", "excludes": [TRIGGER]}]}}
     call = {"type": "json_schema", "json_schema": call_schema(tools, parallel), "max_whitespace_cnt": MAX_WHITESPACE}
     block = {"type": "tag", "begin": BLOCK_BEGIN, "end": BLOCK_END, "content": call}
     if mode == "required":
@@ -116,13 +140,13 @@ def llguidance_grammar(tools: Sequence[dict[str, Any]], mode: str, parallel: boo
     # compact JSON, as the xgrammar form (x-guidance: llguidance's JSON options)
     schema["x-guidance"] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     block = f"block: {json.dumps(BLOCK_BEGIN)} call {json.dumps(BLOCK_END)}\ncall: %json {json.dumps(schema)}"
+    text = f"TEXT: /{TEXT_START}(?s:.*)/ & ~/(?s:.*{TRIGGER}.*)/"
     if mode == "required":
         return f"%llguidance {{}}\nstart: block\n{block}"
-    if mode == "auto":
-        return ("%llguidance {}\nstart: block | call | fenced | TEXT block?\n"
-                f"fenced: {json.dumps(FENCE_BEGIN)} call {json.dumps(FENCE_END)}\n"
-                f"TEXT: /{TEXT_START}(?s:.*)/ & ~/(?s:.*{TRIGGER}.*)/\n{block}")
-    raise ValueError("tool_grammar: 'off' has no grammar")
+    if mode == "answer":
+        return f"%llguidance {{}}\nstart: TEXT\n{text}"
+    return ("%llguidance {}\nstart: block | call | fenced | TEXT block?\n"
+            f"fenced: {json.dumps(FENCE_BEGIN)} call {json.dumps(FENCE_END)}\n{text}\n{block}")
 
 
 def grammar_key(tools: Sequence[dict[str, Any]], mode: str, parallel: bool) -> str:
@@ -184,7 +208,9 @@ def trajectory_grammar(traj: "Trajectory") -> dict[str, Any] | None:
 
 class ToolSet(NamedTuple):
     """The tools one row is decoded under (`HFPolicy.generate_tokens(tools=...)`): the env's OpenAI-style tool
-    schemas and whether its reply may hold parallel calls (a JSON list in the block)."""
+    schemas, whether its reply may hold parallel calls (a JSON list in the block), and the reply's grammar mode
+    (None: `params.tool_grammar`; the rollout sets it per reply for "call_then_answer")."""
 
     tools: Sequence[dict[str, Any]]
     parallel: bool = False
+    mode: str | None = None

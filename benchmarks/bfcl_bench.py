@@ -198,7 +198,7 @@ def main() -> None:
         p.add_argument("--max-new-tokens", type=int, default=384)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--env-arg", action="append", default=[], help="KEY=INT env kwarg (max_steps_per_turn=5)")
-        p.add_argument("--tool-grammar", default=None, choices=("off", "required", "auto"),
+        p.add_argument("--tool-grammar", default=None, choices=("off", "required", "auto", "call_then_answer"),
                        help="decode tool calls under the grammar of the item's tools (agents/tool_grammar.py)")
         p.add_argument("--hf", action="store_true", help="run the model in transformers (HFPolicy), not llama.cpp")
         p.add_argument("--max-batch", type=int, default=None, help="episodes live at once (default: 2)")

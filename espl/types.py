@@ -39,6 +39,10 @@ def message(role: Role, content: str, **extra: Any) -> Message:
     return msg
 
 
+# SamplingParams.tool_grammar (agents/tool_grammar.py)
+TOOL_GRAMMAR_MODES: tuple[str, ...] = ("off", "required", "auto", "answer", "call_then_answer")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings for one generate call (paper defaults: temperature 0.7, top-p 0.95)."""
@@ -48,16 +52,18 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
-    # "off" | "required" | "auto": decode tool calls under a grammar built from the env's tool schemas
-    # (agents/tool_grammar.py); rows without tools are never constrained
+    # one of TOOL_GRAMMAR_MODES: decode tool calls under a grammar built from the env's tool schemas
+    # (agents/tool_grammar.py); rows without tools are never constrained. "answer" is one reply's mode (free
+    # text, no call); "call_then_answer" is an episode's schedule (its first reply "required", every later one
+    # "answer"), which the rollout resolves per reply
     tool_grammar: str = "off"
     # with the tool grammar: the reply may hold several calls (a JSON list in its block), as OpenAI's request
     # setting of that name; the rollout sets it per env (`parallel_tool_calls` of the env, e.g. BFCL's parallel)
     parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
-        if self.tool_grammar not in ("off", "required", "auto"):
-            raise ValueError(f"tool_grammar: must be off, required or auto, got {self.tool_grammar!r}")
+        if self.tool_grammar not in TOOL_GRAMMAR_MODES:
+            raise ValueError(f"tool_grammar: must be one of {', '.join(TOOL_GRAMMAR_MODES)}, got {self.tool_grammar!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -117,7 +123,8 @@ class Trajectory:
     rendered_prompt: str | None = None  # the first prompt exactly as rendered for the model
     info: dict[str, Any] = field(default_factory=dict)
     # replies decoded under a tool-call grammar (agents/tool_grammar.py): {"mode", "parallel", "tools", "spans":
-    # [[start, end], ...] token ranges of the constrained replies}, what the trainer replays to rebuild the
+    # [[start, end, mode], ...] token ranges of the constrained replies and each one's mode ("required", "auto"
+    # or "answer"; a span without one has the record's "mode")}, what the trainer replays to rebuild the
     # sampling masks; None when no reply was constrained
     tool_grammar: dict[str, Any] | None = None
 

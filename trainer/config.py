@@ -164,8 +164,9 @@ class RolloutConfig(_Section):
     temperature: float = opt(0.7, "sampling temperature (0: greedy)", ge=0.0)
     top_p: float = opt(0.95, "nucleus sampling mass", gt=0.0, le=1.0)
     max_new_tokens: int = opt(96, "tokens per reply turn [ref: 15000]", ge=1)
-    tool_grammar: Literal["off", "required", "auto"] = opt(
-        "off", "tool calls decoded under a grammar of the env's tools; log-probs under the same masks (docs/tools.md)")
+    tool_grammar: Literal["off", "required", "auto", "answer", "call_then_answer"] = opt(
+        "off", "tool calls decoded under a grammar of the env's tools (call_then_answer: the first reply a call, "
+        "later ones answers); log-probs under the same masks (docs/tools.md)")
 
 
 @dataclass(frozen=True)

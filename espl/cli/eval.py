@@ -75,8 +75,8 @@ def eval_command(
     top_p: float = typer.Option(0.95, "--top-p"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Token budget per reply."),
     tool_grammar: str = typer.Option("off", "--tool-grammar",
-                                     help="off | required | auto: decode tool calls under a grammar of the env's "
-                                          "tools (docs/tools.md)."),
+                                     help="off | required | auto | answer | call_then_answer: decode tool calls "
+                                          "under a grammar of the env's tools (docs/tools.md)."),
     env_arg: List[str] = typer.Option([], "--env-arg", help="Env keyword argument KEY=VALUE (repeatable)."),
     base_url: Optional[str] = typer.Option(None, "--base-url",
                                            help="An OpenAI-compatible server (vLLM, llama.cpp, hosted API)."),

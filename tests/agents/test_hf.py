@@ -245,7 +245,8 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_the_gradients():
     L = 96
     traj = Trajectory(env_id="x", task_id="t", messages=[], reward=1.0, reason="", token_ids=[100 + i for i in range(L)],
                       logprobs=[0.0] * L, mask=[0] * (L - 24) + [1] * 24)
-    pol = HFPolicy("smollm2-135m", lora=LoraSettings(r=4, alpha=8), activation_checkpointing=False)
+    pol = HFPolicy("smollm2-135m", lora=LoraSettings(r=4, alpha=8), activation_checkpointing=False,
+                   checkpoint_min_tokens=0)
     with torch.no_grad():  # LoRA B starts at zero: move it so the adapter's gradients are not trivial
         for name, p in pol.model.named_parameters():
             if "lora_B" in name:
@@ -269,3 +270,18 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_the_gradients():
     assert g_off and g_on.keys() == g_off.keys()
     for name in g_off:
         torch.testing.assert_close(g_on[name], g_off[name], atol=1e-6, rtol=1e-4)
+
+    # below `checkpoint_min_tokens` padded tokens (rows x longest) a micro-batch keeps its activations; at or
+    # above it the layers are checkpointed again, both within one train mode
+    pol.checkpoint_min_tokens = 2 * L
+    pol.set_training(True)
+    calls = []
+    for rows in (1, 2, 1):
+        attn_calls.clear()
+        lp = pol.trajectory_logprobs([traj] * rows, [1.0] * rows, 1.0)
+        (lp.logprobs * lp.mask).sum().backward()
+        calls.append(len(attn_calls))
+    pol.set_training(False)
+    assert calls == [1, 2, 1]
+    with pytest.raises(ValueError, match="checkpoint_min_tokens"):
+        HFPolicy("smollm2-135m", checkpoint_min_tokens=-1)

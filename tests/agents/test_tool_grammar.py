@@ -5,12 +5,13 @@ replayed masks equal the sampling-time ones (importance ratio exactly 1 before a
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import jsonschema
 import pytest
 
 from espl.agents.rollout import Episode, rollout
-from espl.agents.tool_grammar import TOOL_GRAMMAR_MODES, call_schema, llguidance_grammar, structural_tag
+from espl.agents.tool_grammar import TOOL_GRAMMAR_MODES, call_schema, llguidance_grammar, reply_mode, structural_tag
 from espl.envs.bfcl import AST_CATEGORIES, bfcl_available, bfcl_tools, load_items
 from espl.envs.tools import message_tool_calls
 from espl.types import SamplingParams
@@ -44,9 +45,14 @@ def _valid_calls(message, tools) -> bool:
 
 # ---- the grammar itself ---------------------------------------------------------------------------------------
 def test_mode_is_validated_with_the_field_name():
-    with pytest.raises(ValueError, match="tool_grammar: must be off, required or auto"):
+    with pytest.raises(ValueError, match="tool_grammar: must be one of off, required, auto, answer, call_then_answer"):
         SamplingParams(tool_grammar="strict")
-    assert TOOL_GRAMMAR_MODES == ("off", "required", "auto")
+    assert TOOL_GRAMMAR_MODES == ("off", "required", "auto", "answer", "call_then_answer")
+    # an episode's schedule is resolved per reply; it is no grammar of its own
+    assert [reply_mode("call_then_answer", t) for t in range(3)] == ["required", "answer", "answer"]
+    assert reply_mode("auto", 4) == "auto"
+    with pytest.raises(ValueError, match="episode's schedule"):
+        structural_tag([ADD], "call_then_answer")
     with pytest.raises(ValueError, match="tools: a tool-call grammar needs at least one tool"):
         call_schema([])
 
@@ -96,6 +102,10 @@ def test_xgrammar_matcher_accepts_calls_and_rejects_what_the_env_would(smol_poli
     assert not accepts(bare + ', {"return": "3"}', "auto")  # nothing after the call (it invented the result)
     assert not accepts("\n" + bare, "auto") and not accepts("```python\nprint(3)", "auto")  # text opens otherwise
     assert accepts("Answer: 3", "auto") and accepts("3 {not a call}", "auto")
+    # "answer": text only, never a call in any form
+    assert accepts("Answer: 3", "answer") and accepts("3 {not a call}", "answer")
+    assert not accepts(call, "answer") and not accepts(bare, "answer") and not accepts("```json\n" + bare, "answer")
+    assert not accepts("The answer is 3. " + call, "answer")
 
 
 def test_every_bfcl_tool_set_compiles(smol_policy):
@@ -144,7 +154,8 @@ def test_required_calls_on_bfcl_are_valid_and_logprobs_match(smol_policy):
         assert _valid_calls(t.messages[-1], tools), t.messages[-1]
     for t in trajs:
         assert t.tool_grammar is not None and t.tool_grammar["mode"] == "required"
-        (s, e), = t.tool_grammar["spans"]
+        (s, e, mode), = t.tool_grammar["spans"]
+        assert mode == "required"
         assert t.mask[s:e] == [1] * (e - s) and sum(t.mask) == e - s
     assert any(t.tool_grammar["parallel"] for t in trajs) and not all(t.tool_grammar["parallel"] for t in trajs)
     assert _check_logprobs(smol_policy, trajs, 0.7) > 1e-2  # the masks change the log-probs: the replay matters
@@ -160,18 +171,37 @@ def test_auto_multi_turn_toolmath_is_token_exact_and_logprobs_match(smol_policy)
     trajs = rollout("espl/ToolMath-v0", smol_policy, eps, params)
     assert all(t.tool_grammar is not None and len(t.tool_grammar["spans"]) == t.num_turns for t in trajs)
     for t in trajs:
-        for (s, e), later in zip(t.tool_grammar["spans"], t.tool_grammar["spans"][1:] + [[len(t.token_ids)]]):
+        for (s, e, mode), later in zip(t.tool_grammar["spans"], t.tool_grammar["spans"][1:] + [[len(t.token_ids)]]):
+            assert mode == "auto"
             assert t.mask[s:e] == [1] * (e - s) and t.mask[e:later[0]] == [0] * (later[0] - e)
     _check_logprobs(smol_policy, trajs, 0.7)
     again = rollout("espl/ToolMath-v0", smol_policy, eps, params)
     assert [t.token_ids for t in again] == [t.token_ids for t in trajs]
 
 
+@pytest.mark.slow
+def test_call_then_answer_calls_first_then_answers_and_logprobs_match(smol_policy):
+    """espl/ToolMath-v0 under 'call_then_answer': each episode's first reply is one call (as 'required'), every
+    later reply free text that calls nothing (as 'answer'); each span records its reply's mode and the
+    trainer's replay of those modes gives the sampling-time log-probs."""
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=40, seed=2, tool_grammar="call_then_answer")
+    eps = [Episode(seed=i, system_prompt="Use the calculator tool, then answer.") for i in range(4)]
+    trajs = rollout("espl/ToolMath-v0", smol_policy, eps, params)
+    for t in trajs:
+        spans = t.tool_grammar["spans"]
+        assert [sp[2] for sp in spans] == ["required"] + ["answer"] * (len(spans) - 1)
+        replies = [m for m in t.messages if m["role"] == "assistant"]
+        assert replies[0]["content"].startswith("<tool_call>\n")
+        assert all("<tool_call>" not in m["content"] and not m["content"][:1] in "{[`" for m in replies[1:])
+    assert any(len(t.tool_grammar["spans"]) >= 2 for t in trajs)  # some episodes got to answer
+    assert all(t.num_turns <= 2 for t in trajs)  # a reply that cannot call ends the episode
+    assert _check_logprobs(smol_policy, trajs, 0.7) > 1e-2
+    assert smol_policy.grammar_failures == 0
+
+
 def test_off_leaves_generation_as_it_was(smol_policy):
     params = SamplingParams(temperature=0.7, max_new_tokens=24, seed=5)
     a = rollout("espl/ToolMath-v0", smol_policy, [Episode(seed=1)], params)[0]
-    from dataclasses import replace
-
     b = rollout("espl/ToolMath-v0", smol_policy, [Episode(seed=1)], replace(params, tool_grammar="off"))[0]
     assert a.token_ids == b.token_ids and a.tool_grammar is None
 
@@ -196,12 +226,19 @@ def test_llamacpp_grammar_and_response_format_give_valid_calls(llama_server):
         assert _valid_calls(c.message, [ADD, SHOUT]), c.text  # a bare JSON call, read as the envs read it
     with pytest.raises(ValueError, match="tool_grammar: 'auto' needs a server that takes a grammar"):
         generic.generate([conv], SamplingParams(tool_grammar="auto"), tools=[ADD])
+    # call_then_answer: a conversation that already holds a reply gets the "answer" grammar (no call)
+    calls = llama.generate([conv], replace(params, tool_grammar="call_then_answer"), tools=[ADD, SHOUT], seeds=[4])[0]
+    assert calls.text.startswith("<tool_call>\n") and _valid_calls(calls.message, [ADD, SHOUT]), calls.text
+    later = conv + [calls.message, {"role": "tool", "content": "42"}]
+    answer = llama.generate([later], replace(params, tool_grammar="call_then_answer"), tools=[ADD, SHOUT], seeds=[4])[0]
+    assert answer.text and "<tool_call>" not in answer.text and answer.text[:1] not in "{[`", answer.text
 
 
 def test_llguidance_grammar_text_is_what_llamacpp_reads():
     g = llguidance_grammar([ADD], "auto")
     assert g.startswith("%llguidance {}\nstart: block | call | fenced | TEXT block?") and '"const": "add"' in g
     assert llguidance_grammar([ADD], "required").splitlines()[1] == "start: block"
+    assert llguidance_grammar([ADD], "answer").splitlines()[1:] == ["start: TEXT", "TEXT: /[^{\\[<`\\s](?s:.*)/ & ~/(?s:.*<tool_call>.*)/"]
 
 
 @pytest.mark.slow
