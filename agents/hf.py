@@ -243,13 +243,12 @@ class HFPolicy:
             self._checkpointing_on = True
         self.model.train(training)
 
-    def _checkpoint_for(self, padded_tokens: int) -> bool:
+    def _checkpoint_for(self, padded_tokens: int) -> None:
         """Switches the decoder layers' activation checkpointing for a micro-batch of `padded_tokens`: on when
-        `activation_checkpointing` and at least `checkpoint_min_tokens`; returns whether it is on."""
+        `activation_checkpointing` and at least `checkpoint_min_tokens`."""
         on = self.activation_checkpointing and padded_tokens >= self.checkpoint_min_tokens
         for layer in self._checkpoint_layers:
             layer.gradient_checkpointing = on
-        return on and bool(self._checkpoint_layers)
 
     def trajectory_logprobs(self, trajectories: Sequence[Trajectory], advantages: Sequence[float],
                             temperature: float) -> TrajectoryLogprobs:
