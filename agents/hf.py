@@ -41,7 +41,7 @@ from espl.agents.errors import AdapterMismatch
 from espl.agents.models import DEFAULT_MODEL, ModelSpec, load_model, resolve_model
 from espl.agents.policy import LoraSettings, PolicySpec, TrajectoryLogprobs
 from espl.agents.templating import ChatRenderer
-from espl.agents.tool_grammar import HFToolGrammar, ToolSet, reply_mode, trajectory_grammar
+from espl.agents.tool_grammar import HFToolGrammar, ToolSet, next_reply_mode, trajectory_grammar
 from espl.seeds import mix_seed  # its one home (espl/seeds.py)
 from espl.types import Completion, Message, SamplingParams, Trajectory
 
@@ -398,9 +398,7 @@ class HFPolicy:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         rendered = [self.renderer.start(conv, tools) for conv in conversations]
-        # each reply's mode: "call_then_answer" by the replies its conversation already holds
-        row_tools = ([ToolSet(list(tools), params.parallel_tool_calls,
-                              reply_mode(params.tool_grammar, sum(m.get("role") == "assistant" for m in conv)))
+        row_tools = ([ToolSet(list(tools), params.parallel_tool_calls, next_reply_mode(params.tool_grammar, conv))
                       for conv in conversations] if tools and params.tool_grammar != "off" else None)
         return self.generate_tokens([r.ids for r in rendered], params, [r.text for r in rendered], seeds=seeds,
                                     tools=row_tools)

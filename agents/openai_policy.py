@@ -133,7 +133,8 @@ class OpenAIPolicy:
             raise ValueError("response_formats: must have one entry per conversation")
         if not convs:
             return []
-        if (tools and params.tool_grammar in ("auto", "answer", "call_then_answer") and self.grammar_dialect is None
+        # only "required" is one JSON schema; every other mode admits free text
+        if (tools and params.tool_grammar not in ("off", "required") and self.grammar_dialect is None
                 and response_formats is None):
             raise ValueError(f"tool_grammar: {params.tool_grammar!r} needs a server that takes a grammar (backend "
                              "llamacpp); an OpenAI-compatible server takes one JSON schema per request: use 'required'")
@@ -178,8 +179,7 @@ class OpenAIPolicy:
         elif tools and params.tool_grammar != "off":
             from espl.agents import tool_grammar
 
-            # this reply's mode: "call_then_answer" by the replies the conversation already holds
-            mode = tool_grammar.reply_mode(params.tool_grammar, sum(m.get("role") == "assistant" for m in conv))
+            mode = tool_grammar.next_reply_mode(params.tool_grammar, conv)
             if self.grammar_dialect == "llguidance":
                 req["extra_body"] = {"grammar": tool_grammar.llguidance_grammar(tools, mode,
                                                                                 params.parallel_tool_calls)}

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from espl.types import TOOL_GRAMMAR_MODES
 
 if TYPE_CHECKING:
     from espl.types import Trajectory
 
-ToolGrammarMode = Literal["off", "required", "auto", "answer", "call_then_answer"]
 REPLY_MODES: tuple[str, ...] = ("required", "auto", "answer")  # what one reply is decoded under
 BLOCK_BEGIN = "<tool_call>\n"
 BLOCK_END = "\n</tool_call>"
@@ -78,6 +77,12 @@ def reply_mode(mode: str, turn: int) -> str:
     if mode == "call_then_answer":
         return "required" if turn == 0 else "answer"
     return mode
+
+
+def next_reply_mode(mode: str, conversation: Sequence[Any]) -> str:
+    """`reply_mode` of the reply that continues `conversation` (its number: the assistant messages it holds),
+    for backends that take whole conversations rather than the rollout's turn count."""
+    return reply_mode(mode, sum(m.get("role") == "assistant" for m in conversation))
 
 
 def _nullable(schema: Any) -> Any:
