@@ -43,6 +43,14 @@ def one_error_line(res, *needles: str) -> str:
     (["--split", "dev"], ["--split 'dev': must be train or test"]),
     (["--db", "lb.db"], ["--db stores leaderboard suite results", "--out DIR"]),  # before: ran, stored nothing
     (["--continue"], ["--continue needs --out DIR"]),
+    # before: typer's boxed "Invalid value" naming the dataclass field, not the flag
+    (["--tool-grammar", "bogus"], ["--tool-grammar: must be one of", "call_then_answer", "'bogus'"]),
+    (["--top-p", "2"], ["--top-p: must be in (0, 1]"]),
+    (["--device", "tpu"], ["--device: must be cpu, cuda"]),
+    (["--tool-format", "xml"], ["--tool-format 'xml': must be native or hermes"]),
+    (["--backend", "spark"], ["--backend 'spark': must be local or ray"]),
+    (["--env-arg", "max_attempts"], ["--env-arg 'max_attempts': expected KEY=VALUE"]),
+    (["--system-prompt", "@/no/such/prompt.txt"], ["--system-prompt: no such file"]),
 ])
 def test_eval_bad_input(no_model, tmp_path, args, needles):
     res = runner.invoke(app, ["eval", "--env", "espl/Math-v0", *args])

@@ -30,6 +30,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+_FLAG_OF_FIELD = {"parallel": "--max-batch", "backend": "--llamacpp/--base-url"}
+
+
+def _flag_error(exc: ValueError) -> str:
+    """A dataclass's "field: why" as "--flag: why", the flag the user typed (top_p -> --top-p)."""
+    field, sep, why = str(exc).partition(":")
+    if not sep or not field.isidentifier():
+        return str(exc)
+    return f"{_FLAG_OF_FIELD.get(field, '--' + field.replace('_', '-'))}:{why}"
+
+
 def read_prompt(value: Optional[str]) -> Optional[str]:
     """`TEXT` as it is, `@FILE` the file's text (trailing newline dropped); None stays None."""
     if value is None:
@@ -37,8 +48,7 @@ def read_prompt(value: Optional[str]) -> Optional[str]:
     if value.startswith("@"):
         path = Path(value[1:]).expanduser()
         if not path.is_file():
-            raise typer.BadParameter(f"no such file {path} (write the prompt text, or @FILE for a file)",
-                                     param_hint="--system-prompt")
+            fail(f"--system-prompt: no such file {path} (write the prompt text, or @FILE for a file)")
         try:
             return path.read_bytes().decode("utf-8").rstrip("\n")
         except UnicodeDecodeError as exc:
@@ -53,7 +63,7 @@ def parse_env_args(items: List[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. max_attempts=2", param_hint="--env-arg")
+            fail(f"--env-arg {item!r}: expected KEY=VALUE, e.g. max_attempts=2")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -126,17 +136,17 @@ def eval_command(
     try:
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                                 tool_grammar=tool_grammar)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except ValueError as exc:  # names the field: "tool_grammar: must be one of ..."
+        fail(_flag_error(exc))
     policy_spec = _policy_spec(model, base_url, llamacpp, device, api_key, tool_format, threads, max_batch)
     if backend_opt not in ("local", "ray"):
-        raise typer.BadParameter("must be local or ray", param_hint="--backend")
+        fail(f"--backend {backend_opt!r}: must be local or ray")
     if backend_opt == "ray" and (suite or from_run):
-        raise typer.BadParameter("ray runs --env evaluations; leaderboard suites run locally", param_hint="--backend")
+        fail("--backend ray runs --env evaluations; leaderboard suites (--suite / --from-run) run locally: drop --backend")
 
     if suite or from_run:
         if env:
-            raise typer.BadParameter("give --env, or --suite/--from-run, not both", param_hint="--env")
+            fail("--env: give --env, or --suite/--from-run, not both")
         from espl.cli.leaderboard import eval_suite_command
 
         eval_suite_command(suite=suite, db=db, from_run=from_run, policy_spec=policy_spec, model=model,
@@ -144,8 +154,7 @@ def eval_command(
                            as_json=as_json, name=name, chunk_size=chunk_size)
         return
     if not env:
-        raise typer.BadParameter("which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME",
-                                 param_hint="--env")
+        fail("--env: which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME")
     ray = (ray_address, ray_workers) if backend_opt == "ray" else None
     _eval_env(env, policy_spec, prompt, episodes or 32, samples, seed, split, params, parse_env_args(env_arg),
               max_batch, as_json, out, ray, resume_out)
@@ -157,7 +166,7 @@ def _policy_spec(model: str, base_url: Optional[str], llamacpp: bool, device: st
     from espl.agents.policy import PolicySpec
 
     if tool_format not in ("native", "hermes"):
-        raise typer.BadParameter("must be native or hermes", param_hint="--tool-format")
+        fail(f"--tool-format {tool_format!r}: must be native or hermes")
     if llamacpp and base_url:
         fail("--llamacpp starts its own llama.cpp server; --base-url talks to a running one: give one of them")
     if threads < 1:
@@ -168,7 +177,7 @@ def _policy_spec(model: str, base_url: Optional[str], llamacpp: bool, device: st
                           tool_format=cast("ToolFormat", tool_format), threads=threads if llamacpp else None,
                           parallel=max_batch or 4)
     except ValueError as exc:  # names the field: device, base_url, ...
-        raise typer.BadParameter(str(exc)) from None
+        fail(_flag_error(exc))
 
 
 def _start(policy_spec: "PolicySpec", ray: tuple[str | None, int] | None):
