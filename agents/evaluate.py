@@ -23,7 +23,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from espl.agents.errors import RolloutError
 from espl.agents.policy import Policy
@@ -55,6 +55,7 @@ class EvalResult:
     seed: int
     params: dict[str, Any]
     error: str | None = None
+    placement: str | None = None  # where the system prompt went: "system" or "user" (None: no prompt)
     tool_calls: int = 0  # tool calls the episodes made (tool envs count them in each episode's info)
     tool_errors: int = 0  # ... and how many of them failed
     trajectories: list[Trajectory] = field(default_factory=list, repr=False)
@@ -71,7 +72,8 @@ class EvalResult:
 
 def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: int, samples: int,
               stats: RolloutStats, system_prompt: str | None, split: str | None, seed: int,
-              params: SamplingParams, success_reward: float = SUCCESS_REWARD, error: str | None = None) -> EvalResult:
+              params: SamplingParams, success_reward: float = SUCCESS_REWARD, error: str | None = None,
+              placement: str = "system") -> EvalResult:
     rewards = [t.reward for t in trajs]
     mean, ci = mean_ci95(rewards)
     by_task: dict[Any, list[float]] = defaultdict(list)
@@ -89,7 +91,7 @@ def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: i
         system_prompt=system_prompt, split=split, seed=seed,
         params={"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
                 "seed": params.seed, "stop": list(params.stop)},
-        error=error, tool_calls=sum(int((t.info or {}).get("tool_calls", 0)) for t in trajs),
+        error=error, placement=placement if system_prompt is not None else None, tool_calls=sum(int((t.info or {}).get("tool_calls", 0)) for t in trajs),
         tool_errors=sum(int((t.info or {}).get("tool_errors", 0)) for t in trajs), trajectories=list(trajs),
     )
 
@@ -172,12 +174,14 @@ def evaluate(
     success_reward: float = SUCCESS_REWARD,
     progress: Callable[[int, int], None] | None = None,
     rollout_fn: Callable[..., list[Trajectory]] | None = None,
+    placement: Literal["system", "user"] = "system",
 ) -> EvalResult:
     """Run `episodes` tasks x `samples` of `env` with `policy` and summarise (see the module docstring).
 
     `split=None` leaves the env's own default split (for envs without splits). `rollout_fn` replaces the
     local `rollout` (same signature), e.g. `RayRollout(...).rollout` to run the episodes on a Ray cluster
-    (then `policy` may be None: the workers hold the policies).
+    (then `policy` may be None: the workers hold the policies). `placement` is where `system_prompt` goes:
+    "system" (a system message) or "user" (the first user turn, in the E-SPL reference's text; `Episode`).
     """
     if episodes < 1:
         raise ValueError(f"episodes: must be >= 1, got {episodes}")
@@ -185,11 +189,13 @@ def evaluate(
         raise ValueError(f"samples: must be >= 1, got {samples}")
     if seed < 0:
         raise ValueError(f"seed: must be >= 0 (task seeds are seed .. seed+episodes-1), got {seed}")
+    if placement not in ("system", "user"):
+        raise ValueError(f"placement: must be system or user, got {placement!r}")
     params = params or SamplingParams(seed=seed)
     kwargs = dict(env_kwargs or {})
     if split is not None:
         kwargs.setdefault("split", split)
-    eps = [Episode(seed=seed + i, system_prompt=system_prompt) for i in range(episodes) for _ in range(samples)]
+    eps = [Episode(seed=seed + i, system_prompt=system_prompt, placement=placement) for i in range(episodes) for _ in range(samples)]
     stats = RolloutStats()
     env_name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
     model = policy.name if policy is not None else "(ray workers)"
@@ -204,4 +210,4 @@ def evaluate(
     stats.total_s = stats.total_s or (time.perf_counter() - t0)
     return summarize(env_name, model, trajs, requested=len(eps), samples=samples, stats=stats,
                      system_prompt=system_prompt, split=kwargs.get("split"), seed=seed, params=params,
-                     success_reward=success_reward, error=error)
+                     success_reward=success_reward, error=error, placement=placement)

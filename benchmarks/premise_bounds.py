@@ -14,13 +14,13 @@ Every condition runs the same tasks with the same sampling seeds (task i gets th
 `--seed`, as `espl eval` does), so outcomes pair task by task: the JSON has each condition's rewards in task
 order and the paired comparisons (both / only one / neither, exact McNemar p, 95 % interval of the
 difference; agents/stats.py). With a prompt, each `--placements` entry is one condition: "system" (a system
-message, what `espl eval --system-prompt` does) and "user" (the E-SPL reference's user turn; `espl eval` has
-no flag for it). The system-placement conditions are what these `espl eval` commands run (written into the
+message, what `espl eval --system-prompt` does) and "user" (the E-SPL reference's user turn, `espl eval
+--placement user`). Every condition is what these `espl eval` commands run (written into the
 JSON under each condition's `command`), episode for episode, since both call the same rollout with the same
 batch (checked with SmolLM2 on 20 tasks: the same rewards, replies and token counts):
 
     espl eval --env espl/Premise-v0 --model MODEL --episodes N --max-new-tokens T --temperature X \\
-        --top-p P --seed S --env-arg rule_seed=R [--system-prompt RULE] --json
+        --top-p P --seed S --env-arg rule_seed=R [--system-prompt RULE [--placement user]] --json
 
 Each condition also counts which rule the answers followed (answer = quantity x the correct factor, x the
 wrong factor, or x 1), so a low score can be told apart: a wrong rule followed, or no rule at all.
@@ -55,12 +55,14 @@ def followed(answer: str | None, quantity: int, factor: int) -> bool:
         return False
 
 
-def cli_command(args: argparse.Namespace, prompt: str | None) -> str:
+def cli_command(args: argparse.Namespace, prompt: str | None, placement: str = "system") -> str:
     parts = ["espl", "eval", "--env", ENV_ID, "--model", args.model, "--episodes", str(args.episodes),
              "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature),
              "--top-p", str(args.top_p), "--seed", str(args.seed), "--env-arg", f"rule_seed={args.rule_seed}"]
     if prompt is not None:
         parts += ["--system-prompt", prompt]
+        if placement != "system":
+            parts += ["--placement", placement]
     return "OMP_NUM_THREADS=1 " + shlex.join(parts + ["--json"])
 
 
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trajs = rollout(ENV_ID, policy, episodes, params, env_kwargs=env_kwargs, stats=stats)
             stats.total_s = time.perf_counter() - t1
             result = summarize(ENV_ID, policy.name, trajs, requested=len(episodes), samples=1, stats=stats,
-                               system_prompt=prompt, split="test", seed=args.seed, params=params)
+                               system_prompt=prompt, split="test", seed=args.seed, params=params, placement=placement)
             correct = sum(t.reward >= 1.0 for t in trajs)
             answers = [(t.info.get("answer"), int(t.info["quantity"])) for t in trajs]
             lo, hi = wilson(correct, len(trajs))
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "one_to_one": sum(followed(a, q, 1) for a, q in answers),
                 },
                 "generated_tokens": result.generated_tokens, "seconds": round(stats.total_s, 1),
-                "command": cli_command(args, prompt) if placement == "system" else None,
+                "command": cli_command(args, prompt, placement),
                 "sample_replies": [t.messages[-1].get("content", "")[:200] for t in trajs[:3]],
             }
             rewards[name] = [t.reward for t in trajs]

@@ -51,6 +51,8 @@ def one_error_line(res, *needles: str) -> str:
     (["--backend", "spark"], ["--backend 'spark': must be local or ray"]),
     (["--env-arg", "max_attempts"], ["--env-arg 'max_attempts': expected KEY=VALUE"]),
     (["--system-prompt", "@/no/such/prompt.txt"], ["--system-prompt: no such file"]),
+    (["--placement", "assistant", "-p", "x"], ["--placement 'assistant': must be system or user"]),
+    (["--placement", "user"], ["--placement user", "give --system-prompt"]),
 ])
 def test_eval_bad_input(no_model, tmp_path, args, needles):
     res = runner.invoke(app, ["eval", "--env", "espl/Math-v0", *args])

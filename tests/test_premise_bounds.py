@@ -79,6 +79,22 @@ def test_a_real_run_writes_a_consistent_result(tmp_path):
     assert data["conditions"]["correct"]["command"].startswith("OMP_NUM_THREADS=1 espl eval --env espl/Premise-v0")
     assert data["conditions"]["correct_user"]["placement"] == "user"
     check_result(data)
+    # each condition's command is that condition, episode for episode: the user placement's via the CLI
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from espl.cli import app
+
+    cmd = data["conditions"]["correct_user"]["command"]
+    assert "--placement user" in cmd
+    argv = shlex.split(cmd)
+    res = CliRunner().invoke(app, argv[argv.index("espl") + 1:])
+    assert res.exit_code == 0, res.output
+    cli = json.loads(res.stdout)
+    assert cli["placement"] == "user" and cli["episodes"] == 3
+    assert cli["mean_reward"] == pytest.approx(sum(data["rewards"]["correct_user"]) / 3)
+    assert cli["generated_tokens"] == data["conditions"]["correct_user"]["generated_tokens"]
 
 
 def _env() -> dict[str, str]:

@@ -77,6 +77,9 @@ def eval_command(
                               help="Alias (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b), HF id or path; "
                                    "with --base-url the server's model name."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "-p", help="TEXT, or @FILE."),
+    placement: str = typer.Option("system", "--placement",
+                                  help="Where --system-prompt goes: system (a system message) or user (the first "
+                                       "user turn, in the E-SPL reference's text: selection.placement=user)."),
     episodes: Optional[int] = typer.Option(None, "--episodes", "-n", help="Tasks to run (default 32)."),
     samples: int = typer.Option(1, "--samples", "-k", help="Samples per task (pass@k for k <= samples)."),
     seed: int = typer.Option(0, "--seed", help="First task seed; also the sampling seed."),
@@ -130,6 +133,10 @@ def eval_command(
              "--out DIR (trajectories.jsonl, summary.json), or run it as a suite: --suite FILE.toml --db PATH")
     if resume_out and out is None:
         fail("--continue needs --out DIR (the directory of the interrupted evaluation)")
+    if placement not in ("system", "user"):
+        fail(f"--placement {placement!r}: must be system or user")
+    if placement != "system" and system_prompt is None:
+        fail("--placement user places --system-prompt in the user turn: give --system-prompt TEXT (or @FILE)")
     from espl.types import SamplingParams
 
     prompt = read_prompt(system_prompt)
@@ -145,6 +152,8 @@ def eval_command(
         fail("--backend ray runs --env evaluations; leaderboard suites (--suite / --from-run) run locally: drop --backend")
 
     if suite or from_run:
+        if placement != "system":
+            fail("--placement is for --env evaluations (a suite or run places its prompts itself); drop it")
         if env:
             fail("--env: give --env, or --suite/--from-run, not both")
         from espl.cli.leaderboard import eval_suite_command
@@ -157,7 +166,7 @@ def eval_command(
         fail("--env: which env? e.g. --env espl/Math-v0 (`espl envs list`), or --suite NAME")
     ray = (ray_address, ray_workers) if backend_opt == "ray" else None
     _eval_env(env, policy_spec, prompt, episodes or 32, samples, seed, split, params, parse_env_args(env_arg),
-              max_batch, as_json, out, ray, resume_out)
+              max_batch, as_json, out, ray, resume_out, placement)
 
 
 def _policy_spec(model: str, base_url: Optional[str], llamacpp: bool, device: str, api_key: Optional[str],
@@ -202,7 +211,7 @@ def _start(policy_spec: "PolicySpec", ray: tuple[str | None, int] | None):
 
 
 def _eval_env(env, policy_spec, prompt, episodes, samples, seed, split, params, env_kwargs, max_batch,
-              as_json, out, ray=None, resume=False) -> None:
+              as_json, out, ray=None, resume=False, placement="system") -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from espl.agents.evaluate import EpisodeLog, EvalLogError, evaluate
@@ -217,6 +226,8 @@ def _eval_env(env, policy_spec, prompt, episodes, samples, seed, split, params, 
     model = policy_spec.model
     options = {"env": env, "model": model, "system_prompt": prompt, "episodes": episodes, "samples": samples,
                "seed": seed, "split": split, "env_kwargs": env_kwargs, "params": repr(params)}
+    if placement != "system":  # only then: an older DIR (no such key) continues under the default
+        options["placement"] = placement
     try:
         log = EpisodeLog(out, options, resume) if out is not None else None
     except EvalLogError as exc:
@@ -230,7 +241,8 @@ def _eval_env(env, policy_spec, prompt, episodes, samples, seed, split, params, 
         try:
             result = evaluate(env, policy, episodes=episodes, params=params, system_prompt=prompt, samples=samples,
                               seed=seed, split=split, env_kwargs=env_kwargs, max_batch=max_batch,
-                              progress=lambda done, total: bar.update(task, completed=done), rollout_fn=rollout_fn)
+                              progress=lambda done, total: bar.update(task, completed=done), rollout_fn=rollout_fn,
+                              placement=placement)
         except KeyboardInterrupt:
             bar.stop()
             _interrupted(log, episodes * samples)
@@ -278,7 +290,8 @@ def _print_summary(r, out) -> None:
     if r.tool_calls or r.tool_errors:
         table.add_row("tool calls", f"{r.tool_calls} ({r.tool_errors} errors)")
     table.add_row("speed", f"{r.generated_tokens} tokens in {r.seconds:.1f} s = {r.tokens_per_s:.1f} tokens/s")
-    table.add_row("system prompt", (r.system_prompt or "(none)")[:200])
+    table.add_row("system prompt", (r.system_prompt or "(none)")[:200]
+                  + (f"  (placed in the {r.placement} turn)" if r.placement == "user" else ""))
     if out is not None:
         table.add_row("trajectories", str(out / "trajectories.jsonl"))
     con.print(table)

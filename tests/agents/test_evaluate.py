@@ -60,6 +60,26 @@ def test_cli_eval_json_and_out(smol_policy, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["episodes"] == 2
 
 
+def test_cli_eval_placement_user_puts_the_prompt_in_the_user_turn(smol_policy, tmp_path):
+    """`--placement user`: the reference's user-turn text (problem first, then the principles), no system turn."""
+    from espl.envs.core import USER_PLACEMENT_TEMPLATE
+
+    res = CliRunner().invoke(app, ["eval", "--env", "espl/Math-v0", "--episodes", "1", "--max-new-tokens", "4",
+                                   "--system-prompt", "Be brief.", "--placement", "user", "--json", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["placement"] == "user" and out["system_prompt"] == "Be brief."
+    t = json.loads((tmp_path / "trajectories.jsonl").read_text().splitlines()[0])
+    rendered = t["rendered_prompt"]
+    head = USER_PLACEMENT_TEMPLATE.split("{")[0]
+    assert head in rendered and "Be brief." in rendered
+    assert rendered.index(head) < rendered.index("Be brief.")  # the problem first, then the principles
+    assert "<|im_start|>system\nBe brief." not in rendered
+    # the default is a system message, and the summary says no placement without a prompt
+    res = CliRunner().invoke(app, ["eval", "--env", "espl/Math-v0", "--episodes", "1", "--max-new-tokens", "4", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["placement"] is None
+
+
 def test_cli_eval_against_a_server_and_prompt_file(llama_server, tmp_path):
     prompt = tmp_path / "p.txt"
     prompt.write_text("Answer with a number.\n")
