@@ -96,6 +96,33 @@ def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: i
     )
 
 
+def distinct_tasks(env: EnvSource, env_kwargs: dict[str, Any] | None = None) -> int | None:
+    """How many distinct tasks the env has with these keyword arguments (its split included): its
+    `num_tasks()`, None when unbounded (a generated split, or an env that is not a `MultiTurnEnv`)."""
+    from espl.agents.rollout import _make_env
+    from espl.envs.core import MultiTurnEnv
+
+    instance = _make_env(env, dict(env_kwargs or {}))
+    try:
+        inner = instance.unwrapped
+        return inner.num_tasks() if isinstance(inner, MultiTurnEnv) else None
+    finally:
+        instance.close()
+
+
+def check_distinct(env: EnvSource, tasks: int, env_kwargs: dict[str, Any] | None = None, *,
+                   field_name: str = "episodes") -> None:
+    """ValueError naming `field_name` when `tasks` tasks (seeds 0.. or seed..) would repeat some: a split of
+    fewer distinct tasks wraps its seeds around, and a repeated task would be counted twice in every mean,
+    interval and paired test."""
+    count = distinct_tasks(env, env_kwargs)
+    if count is not None and tasks > count:
+        name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
+        split = (env_kwargs or {}).get("split", "default")
+        raise ValueError(f"{field_name}: {tasks} tasks asked of {name}'s {split} split, which has {count} distinct "
+                         f"ones (seeds wrap around after them, so tasks would count twice); use at most {count}")
+
+
 class EvalLogError(ValueError):
     """`resume` of an evaluation directory that cannot be continued (the message says why and what to do)."""
 
@@ -195,6 +222,7 @@ def evaluate(
     kwargs = dict(env_kwargs or {})
     if split is not None:
         kwargs.setdefault("split", split)
+    check_distinct(env, episodes, kwargs)
     eps = [Episode(seed=seed + i, system_prompt=system_prompt, placement=placement) for i in range(episodes) for _ in range(samples)]
     stats = RolloutStats()
     env_name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))

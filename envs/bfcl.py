@@ -286,6 +286,9 @@ class BFCLEnv(MultiTurnEnv):
         # (agents/tool_grammar.py) then admits a JSON list of calls in the reply's block
         self.parallel_tool_calls = False
 
+    def num_tasks(self) -> int:
+        return len(self.items)
+
     def make_task(self, index: int) -> Task:
         item = self.items[index % len(self.items)]
         msgs = item_messages(item["question"][0])

@@ -212,6 +212,9 @@ class BFCLMultiTurnEnv(MultiTurnEnv):
         self._model: dict[str, Any] = {}
         self._truth: dict[str, Any] = {}
 
+    def num_tasks(self) -> int:
+        return len(self.items)
+
     def make_task(self, index: int) -> Task:
         item = self.items[index % len(self.items)]
         first = item["question"][0]

@@ -110,6 +110,11 @@ class CodeEnv(MultiTurnEnv):
             return problems[index % len(problems)]
         return generate_problem(self.split, index)
 
+    def num_tasks(self) -> int | None:
+        if self.split == "test" and self.test_source == "humaneval":
+            return len(humaneval_problems())
+        return None  # generated per seed
+
     def make_task(self, index: int) -> Task:
         p = self.problem(index)
         tests = instrument_tests(p.tests)

@@ -18,7 +18,9 @@ An episode:
   was cut off by a limit (`max_turns`) before the task ended. Both as Gymnasium defines them.
 - `info` always has `task_id` and `turn`; on the last step also `reason` ("correct", "wrong_answer",
   "no_answer", "max_turns", ...).
-- The same seed gives the same task; train and test splits never share a task.
+- The same seed gives the same task; train and test splits never share a task. A split drawn from a fixed
+  list has `num_tasks()` distinct tasks (seeds wrap around after them: an evaluation of more would repeat
+  tasks, so `evaluate` refuses it); a generated split says None.
 - `step` after the episode ended raises RuntimeError; call `reset` first.
 """
 
@@ -135,6 +137,11 @@ class MultiTurnEnv(gym.Env[list, Message]):
     def make_task(self, index: int) -> Task:
         """The task for a non-negative index; the same index always gives the same task of `self.split`."""
         raise NotImplementedError
+
+    def num_tasks(self) -> int | None:
+        """How many distinct tasks `self.split` has (seeds beyond wrap around), or None when every seed gives a
+        new task (generated splits). A subclass with a fixed list of tasks returns its length."""
+        return None
 
     def task_messages(self, task: Task) -> list[Message]:
         """The first user message(s) of an episode."""

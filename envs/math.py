@@ -386,6 +386,9 @@ class MathEnv(AnswerCheckedEnv):
             raise AttributeError("test_set_size: only the test split has a fixed list (split='test')")
         return len(self._test_list)
 
+    def num_tasks(self) -> int | None:
+        return len(self._test_list) if self._test_list is not None else None  # train: generated per seed
+
     def make_task(self, index: int) -> Task:
         if self._test_list is not None:
             source, k, entry, position = self._test_list[index % len(self._test_list)]
@@ -515,6 +518,9 @@ class MathCompetitionEnv(AnswerCheckedEnv):
                     if (_stable_unit("espl-champ-split", p[0]) < CHAMP_TRAIN_FRACTION) == want_train]
         # a fixed shuffle, so consecutive seeds do not walk one category
         self.problems = sorted(problems, key=lambda p: _stable_unit("espl-champ-order", p[0]))
+
+    def num_tasks(self) -> int:
+        return len(self.problems)
 
     def make_task(self, index: int) -> Task:
         pid, text, gold = self.problems[index % len(self.problems)]

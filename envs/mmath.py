@@ -164,6 +164,9 @@ class MMathEnv(AnswerCheckedEnv):
         text = task.prompt if not self.answer_format else f"{task.prompt}\n{self.answer_format}"
         return [{"role": "user", "content": text}]
 
+    def num_tasks(self) -> int:
+        return len(self.problems)
+
     def make_task(self, index: int) -> Task:
         task_id, question, gold = self.problems[index % len(self.problems)]
         return Task(id=task_id, prompt=question, answer=gold, data={"source": task_id.split("/")[1]})

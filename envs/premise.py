@@ -233,6 +233,9 @@ class PremiseEnv(MultiTurnEnv):
         return self.rule_text(wrong_rule_seed(self.rule.seed))
 
     # ---- MultiTurnEnv ----------------------------------------------------------------------------------
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
     def make_task(self, index: int) -> Task:
         position = index % len(self.tasks)
         text, quantity, template = self.tasks[position]

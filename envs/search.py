@@ -198,6 +198,9 @@ class SearchEnv(ToolEnv):
 
         return [search, open]
 
+    def num_tasks(self) -> int:
+        return len(self.questions)
+
     def make_task(self, index: int) -> Task:
         q = self.questions[index % len(self.questions)]
         return Task(id=f"search-{self.split}-{q.id}", prompt=PROMPT.format(question=q.question), answer=q.answer,

@@ -53,6 +53,8 @@ def one_error_line(res, *needles: str) -> str:
     (["--system-prompt", "@/no/such/prompt.txt"], ["--system-prompt: no such file"]),
     (["--placement", "assistant", "-p", "x"], ["--placement 'assistant': must be system or user"]),
     (["--placement", "user"], ["--placement user", "give --system-prompt"]),
+    # before: tasks 259.. wrapped around to 0.., counted twice in the mean and its interval
+    (["-n", "300"], ["--episodes: 300 tasks asked of espl/Math-v0's test split", "259 distinct", "at most 259"]),
 ])
 def test_eval_bad_input(no_model, tmp_path, args, needles):
     res = runner.invoke(app, ["eval", "--env", "espl/Math-v0", *args])

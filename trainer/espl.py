@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Sequence, cast
 import numpy as np
 
 from espl.trainer import checkpoint as ckpt
-from espl.trainer.config import TrainConfig, resume_changes
+from espl.trainer.config import ConfigError, TrainConfig, resume_changes
 from espl.trainer.heldout import PARAMS_SEED, HeldOutResult, headline, resolve_prompts, rng_untouched, sample_seed
 from espl.trainer.loss import LOSSES, LossSettings, advantages, kept_groups, skip_ratio
 from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, RolloutGroup
@@ -331,6 +331,9 @@ class Trainer:
             loaded = ckpt.load(self.run_dir)  # CheckpointError (one line) when there is no usable checkpoint
             self.resumed_from = loaded.path
             changes = resume_changes(TrainConfig.from_dict(loaded.state["config"], warn=False), cfg)
+        self._task_counts: dict[str, int | None] = {}  # split -> distinct tasks (None: unbounded)
+        if cfg.evaluation.every > 0:  # before any model loads: a held-out set must not repeat a task
+            self._check_tasks("test", cfg.evaluation.problems, "evaluation.problems")
         self.policy = policy if policy is not None else build_policy(cfg)
         self.evolving, self.learning = cfg.evolving, cfg.learning
         self.mutator = mutator if mutator is not None else (build_mutator(cfg, self.policy) if self.evolving else None)
@@ -380,6 +383,17 @@ class Trainer:
 
             self._tasks_env = gym.make(self.cfg.env, **self.cfg.env_kwargs).unwrapped
         return self._tasks_env
+
+    def _check_tasks(self, split: str, tasks: int, field_name: str) -> None:
+        """ConfigError when tasks 0..tasks-1 of `split` would repeat one (the split has fewer distinct tasks)."""
+        from espl.agents.evaluate import distinct_tasks
+
+        if split not in self._task_counts:
+            self._task_counts[split] = distinct_tasks(self.cfg.env, {**self.cfg.env_kwargs, "split": split})
+        count = self._task_counts[split]
+        if count is not None and tasks > count:
+            raise ConfigError(f"{field_name} = {tasks}: {self.cfg.env}'s {split} split has {count} distinct tasks "
+                              f"(seeds wrap around after them, so tasks would count twice); use at most {count}")
 
     def _rollout(self, episodes: list, params: SamplingParams, split: str | None = None) -> list[Trajectory]:
         from espl.agents.rollout import rollout
@@ -686,6 +700,7 @@ class Trainer:
         cfg = self.cfg
         problems = cfg.evaluation.problems if problems is None else problems
         samples = cfg.evaluation.samples if samples is None else samples
+        self._check_tasks(split, problems, "problems" if problems != cfg.evaluation.problems else "evaluation.problems")
         params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=PARAMS_SEED,
                                 tool_grammar=cfg.rollout.tool_grammar)

@@ -223,6 +223,12 @@ def _eval_env(env, policy_spec, prompt, episodes, samples, seed, split, params, 
         fail(str(exc))
     if split not in ("train", "test"):
         fail(f"--split {split!r}: must be train or test")
+    from espl.agents.evaluate import check_distinct
+
+    try:  # a split of fewer distinct tasks than --episodes would count some twice
+        check_distinct(env, episodes, {**env_kwargs, "split": split}, field_name="--episodes")
+    except (ValueError, ImportError) as exc:  # also an env argument the env refuses, or its data missing
+        fail(str(exc))
     model = policy_spec.model
     options = {"env": env, "model": model, "system_prompt": prompt, "episodes": episodes, "samples": samples,
                "seed": seed, "split": split, "env_kwargs": env_kwargs, "params": repr(params)}

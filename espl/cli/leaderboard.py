@@ -243,6 +243,14 @@ def eval_suite_command(
             get_spec(entry.env_id)
     except Exception as exc:  # gymnasium's unregistered-env error, with its close matches
         fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}", 2)
+    from espl.agents.evaluate import check_distinct
+
+    for entry in chosen.entries:  # before any model loads: no entry may count a task twice
+        try:
+            check_distinct(entry.env_id, entry.episodes, {**entry.env_kwargs, "split": entry.split},
+                           field_name="episodes")
+        except (ValueError, ImportError) as exc:
+            fail(f"suite {chosen.name}: env {entry.env_id!r} (seed {entry.seed}): {exc}", 2)
 
     from espl.agents.policy import build_policy
 

@@ -187,3 +187,21 @@ def test_answer_format_names_the_units_and_can_be_dropped():
 def test_bad_kwargs_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         gym.make("espl/Premise-v0", **kwargs)
+
+
+def test_num_tasks_is_the_split_list_and_evaluate_refuses_more():
+    """`num_tasks()`: the distinct tasks of the split (seeds wrap around after them); `evaluate` refuses to
+    count one twice, before any rollout (no policy is needed to be told)."""
+    from espl.agents.evaluate import check_distinct, distinct_tasks, evaluate
+
+    for split in ("train", "test"):
+        env = gym.make("espl/Premise-v0", split=split).unwrapped
+        n = env.num_tasks()
+        assert len({env.make_task(i).id for i in range(n)}) == n and env.make_task(n) == env.make_task(0)
+        assert distinct_tasks("espl/Premise-v0", {"split": split}) == n
+    n = distinct_tasks("espl/Premise-v0", {"split": "test"})
+    check_distinct("espl/Premise-v0", n, {"split": "test"})  # all of them: fine
+    with pytest.raises(ValueError, match=rf"episodes: {n + 1} tasks .* has {n} distinct"):
+        evaluate("espl/Premise-v0", None, episodes=n + 1)
+    assert distinct_tasks("espl/ToolMath-v0", {"python_tool": "off"}) is None  # generated: unbounded
+

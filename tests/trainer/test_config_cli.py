@@ -286,6 +286,22 @@ def test_resume_refuses_changes_that_void_the_checkpoint(tmp_path, monkeypatch, 
     assert (run / "config.toml").read_text() == before  # never overwritten
 
 
+def test_a_held_out_set_larger_than_the_test_split_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """Math-v0's test split has 259 distinct tasks; seeds wrap around after them, so evaluation.problems=300
+    would count 41 tasks twice in every held-out mean and paired test (what compare_modes' 300 did)."""
+    _no_model(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--steps", "1",
+                                   "--set", "evaluation.problems=300"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "evaluation.problems = 300" in lines[0] and "use at most 259" in lines[0], res.output
+    # no held-out evaluation, no check (the train split is drawn per seed)
+    from espl.trainer.espl import Trainer
+
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        Trainer(TrainConfig.from_dict({"evaluation.every": 0, "evaluation.problems": 300}))
+
+
 def test_resume_on_a_dir_without_a_run_is_an_error(tmp_path, monkeypatch):
     _no_model(monkeypatch)
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "typo"), "--resume"])
