@@ -79,6 +79,21 @@ def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
     }
 
 
+def first_tasks(row: dict, tasks: int, samples: int) -> dict:
+    """The row scored on its first `tasks` held-out tasks only (outcomes are task-major, `samples` per task)."""
+    keep = tasks * samples
+    if keep > len(row["outcomes"]):
+        raise SystemExit(f"--tasks {tasks}: {row['mode']} seed {row['seed']} has only {len(row['outcomes']) // samples}")
+    out = {**row, "outcomes": row["outcomes"][:keep], "outcomes_newest": row["outcomes_newest"][:keep],
+           "outcomes_no_prompt": row["outcomes_no_prompt"][:keep], "n_eval": keep, "scored_tasks": tasks}
+    for key, outcomes in (("acc", out["outcomes"]), ("acc_newest", out["outcomes_newest"]),
+                          ("acc_no_prompt", out["outcomes_no_prompt"])):
+        out[key], out[key + "_ci"] = statistics.mean(outcomes), wilson(sum(outcomes), len(outcomes))
+    out["paired_better"] = sum(a > b for a, b in zip(out["outcomes"], out["outcomes_no_prompt"]))
+    out["paired_worse"] = sum(a < b for a, b in zip(out["outcomes"], out["outcomes_no_prompt"]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -94,6 +109,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (one GPU "
                     "is shared; on a CPU keep 1)")
     ap.add_argument("--report-only", action="store_true", help="only write table.md and modes.png from results.json")
+    ap.add_argument("--tasks", type=int, default=None, help="--report-only: score only the first N held-out tasks "
+                    "(a results.json from before the distinct-task check, with more tasks than the test split has)")
     ap.add_argument("--worker", nargs=2, metavar=("MODE", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     report = args.report_dir or args.out
@@ -107,7 +124,14 @@ def main() -> None:
         return
 
     results_path = report / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    if args.tasks is not None:  # reads --out's results.json, writes the rescored rows to --report-dir's
+        if not args.report_only or report == args.out:
+            raise SystemExit("--tasks: with --report-only and another --report-dir (the rows are rescored, not "
+                             "overwritten); a new run is checked against the split's size")
+        results = [first_tasks(r, args.tasks, args.samples) for r in json.loads((args.out / "results.json").read_text())]
+        results_path.write_text(json.dumps(results, indent=1))
+    else:
+        results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = {(r["mode"], r["seed"]) for r in results}
     todo = [] if args.report_only else [(mode, seed) for seed in args.seeds for mode in args.modes if (mode, seed) not in done]
 

@@ -49,3 +49,23 @@ def test_report_only_writes_the_table_with_paired_counts(tmp_path):
     # espl - rl, task by task: seed 0 wins task 0; seed 1 loses task 1 -> 1 won / 1 lost, mean difference 0
     assert "| espl − rl | 2 | +0.000 |" in table and table.rstrip().endswith("| 1/1 | 1 |")  # 1 won, 1 lost: exact McNemar p = 1
     assert (tmp_path / "modes.png").stat().st_size > 1000
+
+
+def test_report_only_tasks_rescores_each_row_on_its_first_tasks(tmp_path, cm):
+    """`--tasks N`: rows evaluated on more tasks than the split has (seeds wrapped around) scored on the first N."""
+    rows = [row("espl", 0, [1, 1, 0, 0, 1], [1, 0, 0, 0, 0]), row("rl", 0, [0, 1, 0, 0, 0], [0, 1, 0, 0, 1])]
+    for r in rows:
+        r["outcomes_newest"], r["n_eval"] = r["outcomes"], len(r["outcomes"])
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    rescored = [cm.first_tasks(r, 4, 1) for r in rows]
+    assert [r["acc"] for r in rescored] == [0.5, 0.25] and rescored[0]["paired_better"] == 1
+    assert rescored[1]["acc_no_prompt"] == 0.25 and rescored[0]["n_eval"] == 4 and rescored[0]["scored_tasks"] == 4
+    with pytest.raises(SystemExit, match="has only 5"):
+        cm.first_tasks(rows[0], 6, 1)
+    report = tmp_path / "r4"
+    out = subprocess.run([sys.executable, str(SCRIPT), "--report-only", "--tasks", "4", "--modes", "espl", "rl",
+                          "--seeds", "0", "--out", str(tmp_path), "--report-dir", str(report), "--model", "m"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| espl | 1 | 0.500 |" in (report / "table.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())[0]["acc"] == 0.6  # the original rows are kept
