@@ -96,18 +96,28 @@ def summarize(env: str, model: str, trajs: Sequence[Trajectory], *, requested: i
     )
 
 
+_TASK_COUNTS: dict[tuple[str, str], int | None] = {}  # (env id, its kwargs as JSON) -> distinct_tasks
+
+
 def distinct_tasks(env: EnvSource, env_kwargs: dict[str, Any] | None = None) -> int | None:
     """How many distinct tasks the env has with these keyword arguments (its split included): its
-    `num_tasks()`, None when unbounded (a generated split, or an env that is not a `MultiTurnEnv`)."""
+    `num_tasks()`, None when unbounded (a generated split, or an env that is not a `MultiTurnEnv`). Counted
+    once per process for an env id and kwargs (building an env can take seconds: Math-v0's test list)."""
     from espl.agents.rollout import _make_env
     from espl.envs.core import MultiTurnEnv
 
+    key = (env, json.dumps(env_kwargs or {}, sort_keys=True, default=repr)) if isinstance(env, str) else None
+    if key is not None and key in _TASK_COUNTS:
+        return _TASK_COUNTS[key]
     instance = _make_env(env, dict(env_kwargs or {}))
     try:
         inner = instance.unwrapped
-        return inner.num_tasks() if isinstance(inner, MultiTurnEnv) else None
+        count = inner.num_tasks() if isinstance(inner, MultiTurnEnv) else None
     finally:
         instance.close()
+    if key is not None:
+        _TASK_COUNTS[key] = count
+    return count
 
 
 def check_distinct(env: EnvSource, tasks: int, env_kwargs: dict[str, Any] | None = None, *,

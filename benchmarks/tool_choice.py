@@ -39,7 +39,7 @@ def main() -> None:
                     "tool_grammar": cfg.rollout.tool_grammar, "max_new_tokens": cfg.rollout.max_new_tokens}
     for label in ("trained", "base"):
         if label == "base":
-            trainer.policy.model.disable_adapter_layers()
+            trainer.policy.set_adapter_enabled(False)
         counts: Counter = Counter()
         for t in rollout(cfg.env, trainer.policy, episodes, params, env_kwargs=env_kwargs):
             calls = [c["function"]["name"] for m in t.messages if m["role"] == "assistant"

@@ -331,7 +331,6 @@ class Trainer:
             loaded = ckpt.load(self.run_dir)  # CheckpointError (one line) when there is no usable checkpoint
             self.resumed_from = loaded.path
             changes = resume_changes(TrainConfig.from_dict(loaded.state["config"], warn=False), cfg)
-        self._task_counts: dict[str, int | None] = {}  # split -> distinct tasks (None: unbounded)
         if cfg.evaluation.every > 0:  # before any model loads: a held-out set must not repeat a task
             self._check_tasks("test", cfg.evaluation.problems, "evaluation.problems")
         self.policy = policy if policy is not None else build_policy(cfg)
@@ -386,14 +385,13 @@ class Trainer:
 
     def _check_tasks(self, split: str, tasks: int, field_name: str) -> None:
         """ConfigError when tasks 0..tasks-1 of `split` would repeat one (the split has fewer distinct tasks)."""
-        from espl.agents.evaluate import distinct_tasks
+        from espl.agents.evaluate import check_distinct
 
-        if split not in self._task_counts:
-            self._task_counts[split] = distinct_tasks(self.cfg.env, {**self.cfg.env_kwargs, "split": split})
-        count = self._task_counts[split]
-        if count is not None and tasks > count:
-            raise ConfigError(f"{field_name} = {tasks}: {self.cfg.env}'s {split} split has {count} distinct tasks "
-                              f"(seeds wrap around after them, so tasks would count twice); use at most {count}")
+        try:
+            check_distinct(self.cfg.env, tasks, {**self.cfg.env_kwargs, "split": split},
+                           field_name=f"{field_name} = {tasks}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _rollout(self, episodes: list, params: SamplingParams, split: str | None = None) -> list[Trajectory]:
         from espl.agents.rollout import rollout

@@ -250,7 +250,7 @@ def eval_suite_command(
             check_distinct(entry.env_id, entry.episodes, {**entry.env_kwargs, "split": entry.split},
                            field_name="episodes")
         except (ValueError, ImportError) as exc:
-            fail(f"suite {chosen.name}: env {entry.env_id!r} (seed {entry.seed}): {exc}", 2)
+            fail(f"suite {chosen.name}: env {entry.env_id!r}: {exc}", 2)
 
     from espl.agents.policy import build_policy
 
