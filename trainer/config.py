@@ -141,7 +141,7 @@ class _Section:
 @dataclass(frozen=True)
 class DataConfig(_Section):
     SECTION = "data"
-    train_problems: int = opt(256, "task indices 0..n-1 of the train split form the training set [ref: 256]", ge=1)
+    train_problems: int = opt(256, "task indices 0..n-1 of the train split form the training set; at most the split's distinct tasks [ref: 256]", ge=1)
     batch_problems: int = opt(2, "B, problems per step [ref: 10]", ge=1)
 
 

@@ -331,7 +331,10 @@ class Trainer:
             loaded = ckpt.load(self.run_dir)  # CheckpointError (one line) when there is no usable checkpoint
             self.resumed_from = loaded.path
             changes = resume_changes(TrainConfig.from_dict(loaded.state["config"], warn=False), cfg)
-        if cfg.evaluation.every > 0:  # before any model loads: a held-out set must not repeat a task
+        # before any model loads: neither the training set nor a held-out set may repeat a task (a split with
+        # fewer distinct tasks wraps its seeds around: some tasks would be trained on, or counted, twice)
+        self._check_tasks("train", cfg.data.train_problems, "data.train_problems")
+        if cfg.evaluation.every > 0:
             self._check_tasks("test", cfg.evaluation.problems, "evaluation.problems")
         self.policy = policy if policy is not None else build_policy(cfg)
         self.evolving, self.learning = cfg.evolving, cfg.learning

@@ -112,7 +112,7 @@ def test_worker_killed_mid_rollout_is_replaced_and_nothing_counted_twice(ray_clu
     local = rollout(ENV, smol_policy, eps, PARAMS)
     killed: list[int] = []
 
-    def kill_first(chunk: int, actor) -> None:  # noqa: ANN001
+    def kill_first(chunk: int, actor) -> None:
         if killed:
             return
         killed.append(chunk)

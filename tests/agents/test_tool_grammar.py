@@ -192,7 +192,7 @@ def test_call_then_answer_calls_first_then_answers_and_logprobs_match(smol_polic
         assert [sp[2] for sp in spans] == ["required"] + ["answer"] * (len(spans) - 1)
         replies = [m for m in t.messages if m["role"] == "assistant"]
         assert replies[0]["content"].startswith("<tool_call>\n")
-        assert all("<tool_call>" not in m["content"] and not m["content"][:1] in "{[`" for m in replies[1:])
+        assert all("<tool_call>" not in m["content"] and m["content"][:1] not in "{[`" for m in replies[1:])
     assert any(len(t.tool_grammar["spans"]) >= 2 for t in trajs)  # some episodes got to answer
     assert all(t.num_turns <= 2 for t in trajs)  # a reply that cannot call ends the episode
     assert _check_logprobs(smol_policy, trajs, 0.7) > 1e-2

@@ -165,7 +165,7 @@ def test_prime_factorization_is_graded_without_its_raising_scorer():
 # ---- rewards and attempts -------------------------------------------------------------------------------
 def test_correct_answers_score_one_with_every_answer_form(train_env):
     for seed in range(150):
-        for reply in (f"Working...\nAnswer: {{}}", "So it is \\boxed{{{}}}.", "I think it is {}"):
+        for reply in ("Working...\nAnswer: {}", "So it is \\boxed{{{}}}.", "I think it is {}"):
             train_env.reset(seed=seed)
             _, reward, terminated, truncated, info = train_env.step(reply.format(train_env.task.answer))
             assert (reward, terminated, truncated, info["reason"]) == (1.0, True, False, "correct"), (seed, reply, info)

@@ -30,7 +30,7 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     # subject and bridge entities (the evidence chain's documents) are never shared between splits,
     # except the place documents (cities) that many people and companies point to
     kinds = {d.id: d.kind for d in a.documents}
-    ents = lambda qs: {h for q in qs for h in q.hops if kinds[h] in ("person", "company")}  # noqa: E731
+    ents = lambda qs: {h for q in qs for h in q.hops if kinds[h] in ("person", "company")}
     assert not ents(train) & ents(test)
 
 

@@ -8,7 +8,6 @@ import random
 from dataclasses import replace
 
 import pytest
-import trueskill
 
 from espl.agents.stats import pass_at_k
 from espl.agents.stats import report_ks as ks_for

@@ -34,7 +34,7 @@ def test_two_concurrent_server_evals_share_one_db(tmp_path, llama_server):  # no
         for prompt in ("Answer with a number.", "Think step by step, then write 'Answer: <number>'.")
     ]
     outs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out) for out, _ in outs]
     assert all(r["episodes"] == 3 and r["agents"][0]["envs"][0]["ran"] == 3 for r in results)

@@ -5,7 +5,6 @@ Timeouts are short (2-3 s) to keep the suite quick."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket

@@ -302,6 +302,23 @@ def test_a_held_out_set_larger_than_the_test_split_is_refused_before_the_model_l
         Trainer(TrainConfig.from_dict({"evaluation.every": 0, "evaluation.problems": 300}))
 
 
+def test_a_training_set_larger_than_the_train_split_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """MATH500-v0's train split has 153 distinct tasks: data.train_problems=256 (the default) would train on
+    103 of them twice per epoch. A generated train split (Math-v0's) has no limit."""
+    _no_model(monkeypatch)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--steps", "1", "--env", "espl/MATH500-v0"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "data.train_problems = 256" in lines[0] and "train split" in lines[0], res.output
+    assert "use at most 153" in lines[0], res.output
+    from espl.trainer.espl import Trainer
+
+    with pytest.raises(AssertionError, match="a model was loaded"):  # within the split: the check passes
+        Trainer(TrainConfig.from_dict({"env": "espl/MATH500-v0", "data.train_problems": 153, "evaluation.every": 0}))
+    with pytest.raises(AssertionError, match="a model was loaded"):  # generated: any size
+        Trainer(TrainConfig.from_dict({"data.train_problems": 100_000, "evaluation.every": 0}))
+
+
 def test_resume_on_a_dir_without_a_run_is_an_error(tmp_path, monkeypatch):
     _no_model(monkeypatch)
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "typo"), "--resume"])
