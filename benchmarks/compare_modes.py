@@ -20,8 +20,10 @@ Writes RUN_DIR/<mode>-s<seed>/ per run, `results.json`, `table.md` and `modes.pn
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -77,6 +79,21 @@ def run_one(args: argparse.Namespace, mode: str, seed: int) -> dict:
         "pool_size": len(trainer.pool), "seconds_train": t_train, "seconds": time.perf_counter() - t0,
         "outcomes": with_prompt, "outcomes_newest": newest_out, "outcomes_no_prompt": no_prompt,
     }
+
+
+def merge_row(results_path: Path, row: dict) -> list[dict]:
+    """Write `row` into results.json, replacing any row of its (mode, seed), and return the rows on disk.
+
+    Merge on write: other processes may share the report dir (one per seed or mode), so the file is re-read
+    under an exclusive lock and replaced atomically; no process's row is lost to another's older list."""
+    with open(results_path.with_name(results_path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(results_path.read_text()) if results_path.is_file() else []
+        merged = [r for r in on_disk if (r["mode"], r["seed"]) != (row["mode"], row["seed"])] + [row]
+        tmp = results_path.with_name(f"{results_path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(merged, indent=1))
+        os.replace(tmp, results_path)
+    return merged
 
 
 def first_tasks(row: dict, tasks: int, samples: int) -> dict:
@@ -136,8 +153,7 @@ def main() -> None:
     todo = [] if args.report_only else [(mode, seed) for seed in args.seeds for mode in args.modes if (mode, seed) not in done]
 
     def record(row: dict) -> None:
-        results.append(row)
-        results_path.write_text(json.dumps(results, indent=1))
+        results[:] = merge_row(results_path, row)
         print(f"{row['mode']:6s} seed {row['seed']}: held-out acc {row['acc']:.3f} (no prompt {row['acc_no_prompt']:.3f}) "
               f"deploy #{row['deploy_prompt_id']} {row['deploy_principles'][:3]}  train {row['seconds_train']:.0f}s "
               f"total {row['seconds']:.0f}s", flush=True)
@@ -146,7 +162,6 @@ def main() -> None:
         for mode, seed in todo:
             record(run_one(args, mode, seed))
     elif todo:
-        import os
         import subprocess
         import sys
         from concurrent.futures import ThreadPoolExecutor, as_completed

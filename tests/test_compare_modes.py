@@ -69,3 +69,33 @@ def test_report_only_tasks_rescores_each_row_on_its_first_tasks(tmp_path, cm):
     assert out.returncode == 0, out.stderr
     assert "| espl | 1 | 0.500 |" in (report / "table.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())[0]["acc"] == 0.6  # the original rows are kept
+
+
+def _write_rows(script: str, path: str, mode: str, seeds: list[int]) -> None:
+    spec = importlib.util.spec_from_file_location("compare_modes", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for seed in seeds:
+        mod.merge_row(Path(path), row(mode, seed, [1, 0, 1, 1], [0, 0, 1, 0]))
+
+
+def test_processes_sharing_one_report_dir_lose_no_rows(tmp_path, cm):
+    # Two processes writing rows into one results.json at once (one per mode) keep every row: the file is
+    # re-read under a lock on each write, and a rerun of a (mode, seed) replaces its row rather than adding one.
+    import multiprocessing
+
+    path = tmp_path / "results.json"
+    cm.merge_row(path, row("evolve", 0, [0, 0, 0, 1], [0, 0, 0, 1]))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_rows, args=(str(SCRIPT), str(path), mode, list(range(20)))) for mode in ("espl", "rl")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = json.loads(path.read_text())
+    assert sorted((r["mode"], r["seed"]) for r in rows) == sorted(
+        [("evolve", 0)] + [(m, s) for m in ("espl", "rl") for s in range(20)])
+    merged = cm.merge_row(path, row("evolve", 0, [1, 1, 1, 1], [0, 0, 0, 1]))
+    assert len(merged) == 41 and [r["acc"] for r in merged if r["mode"] == "evolve"] == [1.0]
+    assert not list(tmp_path.glob("*.tmp*"))
