@@ -108,7 +108,7 @@ def mutator_spec(cfg: TrainConfig) -> Any:
     if m.kind == "endpoint":
         return PolicySpec(backend="openai", base_url=m.base_url, model=model)
     if m.kind == "llamacpp":
-        return PolicySpec(backend="llamacpp", model=model, threads=m.threads)
+        return PolicySpec(backend="llamacpp", model=model, threads=m.threads, parallel=m.slots)
     return PolicySpec(backend="hf", model=model, device=cfg.device, dtype=cfg.dtype, max_batch=cfg.max_batch,
                       kv_cache=cfg.kv_cache)
 

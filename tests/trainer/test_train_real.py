@@ -290,6 +290,34 @@ def test_llamacpp_mutator_is_the_base_gguf_constrained_and_stops_with_the_traine
         urllib.request.urlopen(url + "/models", timeout=5)
 
 
+def test_llamacpp_mutator_with_one_slot_replies_the_same_in_every_run():
+    """mutator.slots = 1: the server decodes one request at a time, so a reply never depends on which other
+    requests shared its batch, and two runs (two servers) give the same sampled replies for the same seeds."""
+    from tests.conftest import require
+
+    require(importlib.util.find_spec("xllamacpp") is not None, "xllamacpp (llama.cpp server)")
+    from espl.agents.policy import SamplingParams, build_policy
+    from espl.trainer.espl import mutator_spec
+
+    cfg = tiny(**{"mutator.kind": "llamacpp", "mutator.slots": 1})
+    spec = mutator_spec(cfg)
+    assert (spec.backend, spec.parallel) == ("llamacpp", 1)
+    # prompts of different lengths: with 4 slots, 2-9 of 12 such replies differed between two runs here
+    convs = [[{"role": "user", "content": "Summarise this trajectory. " * (1 + 7 * a) + f"Answer {a}."}]
+             for a in range(8)]
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=64, seed=11)
+    replies = []
+    for _ in range(2):
+        policy = build_policy(spec)
+        try:
+            assert policy.max_concurrency == 1
+            replies.append([c.text for c in policy.generate(convs, params)])
+        finally:
+            policy.close()
+    assert replies[0] == replies[1]
+    assert len(set(replies[0])) > 1  # sampled, per-request seeds: not one reply repeated
+
+
 def test_llamacpp_mutator_needs_a_gguf_model():
     from espl.agents.llamacpp import llamacpp_policy
 
