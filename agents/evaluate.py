@@ -120,6 +120,13 @@ def distinct_tasks(env: EnvSource, env_kwargs: dict[str, Any] | None = None) -> 
     return count
 
 
+def env_display_name(env: EnvSource) -> str:
+    """How logs and results name an env source: its id, else the factory's name, else its repr."""
+    if isinstance(env, str):
+        return env
+    return getattr(env, "__name__", None) or repr(env)  # a callable factory: functions and classes have a name
+
+
 def check_distinct(env: EnvSource, tasks: int, env_kwargs: dict[str, Any] | None = None, *,
                    field_name: str = "episodes") -> None:
     """ValueError naming `field_name` when `tasks` tasks (seeds 0.. or seed..) would repeat some: a split of
@@ -127,7 +134,7 @@ def check_distinct(env: EnvSource, tasks: int, env_kwargs: dict[str, Any] | None
     interval and paired test."""
     count = distinct_tasks(env, env_kwargs)
     if count is not None and tasks > count:
-        name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
+        name = env_display_name(env)
         split = (env_kwargs or {}).get("split", "default")
         raise ValueError(f"{field_name}: {tasks} tasks asked of {name}'s {split} split, which has {count} distinct "
                          f"ones (seeds wrap around after them, so tasks would count twice); use at most {count}")
@@ -235,7 +242,7 @@ def evaluate(
     check_distinct(env, episodes, kwargs)
     eps = [Episode(seed=seed + i, system_prompt=system_prompt, placement=placement) for i in range(episodes) for _ in range(samples)]
     stats = RolloutStats()
-    env_name = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
+    env_name = env_display_name(env)
     model = policy.name if policy is not None else "(ray workers)"
     t0 = time.perf_counter()
     error = None
