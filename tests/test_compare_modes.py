@@ -13,12 +13,16 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_modes.py"
 
 
-@pytest.fixture(scope="module")
-def cm():
-    spec = importlib.util.spec_from_file_location("compare_modes", SCRIPT)
+def load_script(script: Path = SCRIPT):
+    spec = importlib.util.spec_from_file_location("compare_modes", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return load_script()
 
 
 def test_wilson_and_seed_intervals(cm):
@@ -72,9 +76,7 @@ def test_report_only_tasks_rescores_each_row_on_its_first_tasks(tmp_path, cm):
 
 
 def _write_rows(script: str, path: str, mode: str, seeds: list[int]) -> None:
-    spec = importlib.util.spec_from_file_location("compare_modes", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(Path(script))
     for seed in seeds:
         mod.merge_row(Path(path), row(mode, seed, [1, 0, 1, 1], [0, 0, 1, 0]))
 
