@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": args.model, "requests": args.requests, "tokens": args.tokens, "threads": args.threads,
               "repeats": args.repeats, "load_avg_1m_at_end": os.getloadavg()[0], "cpus": os.cpu_count(),
               "summary": summary, "runs": runs}
-    out = args.out or Path(__file__).parent / "results" / "mutator_slots" / f"{Path(args.model).stem}.json"
+    out = args.out or Path(__file__).parent / "results" / "mutator_slots" / f"{Path(args.model).name.removesuffix('.gguf')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for s, v in summary.items():

@@ -224,8 +224,9 @@ class MutatorConfig(_Section):
     base_url: str = opt("", "kind = endpoint: the server, e.g. http://127.0.0.1:8080/v1")
     model: str = opt("", "the mutator's model (endpoint model name, or another local model); empty: the policy's")
     threads: int = opt(1, "CPU threads the mutator takes (llama.cpp server, or torch threads beside the update)", ge=0)
-    slots: int = opt(4, "kind = llamacpp: server slots, requests decoded at once; 1: replies reproducible between "
-                        "runs (a request is never batched with another), slower", ge=1)
+    slots: int = opt(1, "kind = llamacpp: server slots, requests decoded at once; 1: replies reproducible between "
+                        "runs (a request is never batched with another); 4 was 0.89x the time at 1 thread, "
+                        "6 of 8 replies differing between runs (benchmarks/mutator_slots.py)", ge=1)
     max_ops_per_problem: int = opt(2, "operations per critique [ref: max_update_operations 2]", ge=1)
     max_principle_words: int = opt(32, "words per principle of the child (a critique's may be longer: the revision "
                                        "shortens them) [ref: 32, stated in the revision prompt]", ge=1)
