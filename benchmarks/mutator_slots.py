@@ -39,7 +39,7 @@ def run_once(model: str, slots: int, threads: int, convs: list[list[dict]], toke
     from espl.trainer.espl import mutator_spec
 
     cfg = TrainConfig.from_dict({"mutator.kind": "llamacpp", "mutator.model": model,
-                                        "mutator.slots": slots, "mutator.threads": threads})
+                                 "mutator.slots": slots, "mutator.threads": threads})
     policy = build_policy(mutator_spec(cfg))
     try:
         params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=tokens, seed=7)
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": args.model, "requests": args.requests, "tokens": args.tokens, "threads": args.threads,
               "repeats": args.repeats, "load_avg_1m_at_end": os.getloadavg()[0], "cpus": os.cpu_count(),
               "summary": summary, "runs": runs}
-    out = args.out or Path(__file__).parent / "results" / "mutator_slots" / f"{Path(args.model).name.removesuffix('.gguf')}.json"
+    name = Path(args.model).name.removesuffix(".gguf")
+    out = args.out or Path(__file__).parent / "results" / "mutator_slots" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for s, v in summary.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,19 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_modes.py"
-
-
-def load_script(script: Path = SCRIPT):
-    spec = importlib.util.spec_from_file_location("compare_modes", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def cm():
-    return load_script()
+    return load_script(SCRIPT)
 
 
 def test_wilson_and_seed_intervals(cm):

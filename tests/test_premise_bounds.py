@@ -3,7 +3,6 @@ stored results agreeing with themselves and with the env they name."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from espl.agents.stats import paired
 from espl.envs.premise import PremiseEnv
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "premise_bounds.py"
@@ -21,11 +21,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "premise"
 
 @pytest.fixture(scope="module")
 def pb():
-    spec = importlib.util.spec_from_file_location("premise_bounds", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT)
 
 
 def test_wilson_and_which_rule_an_answer_followed(pb):
