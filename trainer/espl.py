@@ -33,7 +33,8 @@ import numpy as np
 
 from espl.trainer import checkpoint as ckpt
 from espl.trainer.config import ConfigError, TrainConfig, resume_changes
-from espl.trainer.heldout import PARAMS_SEED, HeldOutResult, headline, resolve_prompts, rng_untouched, sample_seed
+from espl.trainer.heldout import (PARAMS_SEED, HeldOutResult, PartialEvaluations, eval_key, headline, resolve_prompts,
+                                  rng_untouched, sample_seed, weights_digest)
 from espl.trainer.loss import LOSSES, LossSettings, advantages, kept_groups, skip_ratio
 from espl.trainer.mutator import LLMMutator, Mutator, MutationResult, RolloutGroup
 from espl.trainer.pool import (
@@ -684,11 +685,17 @@ class Trainer:
         step = self.step_count - 1 if step is None else step
         rewards: dict[tuple[str, ...], tuple[tuple[float, ...], ...]] = {}
         results = []
+        done = PartialEvaluations(self.run_dir)  # prompts already evaluated on these weights (a resumed run)
+        weights = weights_digest(self.policy.adapter_state()) if self.learning else "frozen"
+        config = self.cfg.to_dict()
         with rng_untouched():
             for label, record in resolve_prompts(self.pool, labels):
                 principles = record.principles if record is not None else ()
                 if principles not in rewards:
-                    rewards[principles] = self.evaluate_principles(principles)
+                    key = eval_key(weights, config, principles)
+                    cached = done.get(key)
+                    rewards[principles] = cached if cached is not None else done.put(
+                        key, self.evaluate_principles(principles))
                 results.append(HeldOutResult(step, label, record.id if record is not None else None, principles,
                                              rewards[principles]))
         return tuple(results)
@@ -822,6 +829,7 @@ class Trainer:
         """Checkpoint (atomic): LoRA adapter, optimizer, RNG, pool, step, metrics."""
         ckpt.save(self._run_dir, *self._checkpoint_parts())
         self.checkpointed_steps = self.step_count
+        PartialEvaluations(self.run_dir).clear()  # the step's evaluation is in evals.jsonl and the checkpoint now
 
     def _checkpoint_parts(self) -> tuple[dict, dict, dict | None, dict]:
         """(state, adapter tensors, optimizer state_dict, RNG states) of the run as it stands."""

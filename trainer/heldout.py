@@ -14,18 +14,29 @@ the step, the prompt nor the run seed: two evaluations differ only by their weig
 steps, prompts and runs (modes, seeds) compare paired, task by task. Prompts with the same principles (the
 root prompt and `none`; `newest` and `best` when they are one prompt) are evaluated once and reported under
 each label. Statistics (mean, unbiased pass@k) are agents/stats.py's.
+
+An evaluation of several prompts can take longer than a step (300 GSM tasks x 256 tokens: ~1 h per prompt
+on 2 CPU cores). Each prompt's rewards go to RUN_DIR/evals_partial.json as soon as they are computed
+(`PartialEvaluations`), keyed by a digest of the weights and of the run's config: a run killed during its
+evaluation redoes the cut-off step from its checkpoint and then reuses every prompt already evaluated on
+bit-identical weights (any other weights or config: the key differs and the prompt runs again). The file is
+plain JSON and is removed when the next checkpoint is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 from espl.agents.stats import SUCCESS_REWARD, mean_ci95, pass_at_ks
 from espl.seeds import derive_seed
+from espl.trainer.checkpoint import write_json_atomic
 from espl.trainer.pool import PromptPool, PromptRecord
 
 
@@ -150,3 +161,57 @@ def read_evals(run_dir: Any) -> list[dict[str, Any]]:
         if isinstance(row, dict) and {"step", "prompt", "mean", "pass_at_k"} <= set(row):
             rows.append(row)
     return rows
+
+
+PARTIAL_EVALS = "evals_partial.json"
+
+Rewards = tuple[tuple[float, ...], ...]  # [task][sample]
+
+
+def weights_digest(tensors: Mapping[str, Any]) -> str:
+    """sha256 over the trainable tensors (names, dtypes, shapes and bytes, in name order): which weights an
+    evaluation saw. Two digests are equal only for bit-identical weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{t.numel()}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def eval_key(weights: str, config: Mapping[str, Any], principles: Sequence[str]) -> str:
+    """The identity of one prompt's held-out evaluation: the weights' digest, the whole run config (held-out
+    set, sampling, env, model, placement: anything that could change a reward) and the principles."""
+    cfg = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return json.dumps({"weights": weights, "config": cfg, "principles": list(principles)}, sort_keys=True)
+
+
+class PartialEvaluations:
+    """RUN_DIR/evals_partial.json: {key: rewards} of each prompt evaluated since the last checkpoint (the
+    module doc), rewritten atomically after each prompt, so a kill leaves the previous complete file."""
+
+    def __init__(self, run_dir: Path | None):
+        self.path = run_dir / PARTIAL_EVALS if run_dir is not None else None
+
+    def _read(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: expected a JSON object of key -> rewards; delete the file to re-evaluate")
+        return data
+
+    def get(self, key: str) -> Rewards | None:
+        rewards = self._read().get(key)
+        return None if rewards is None else tuple(tuple(float(x) for x in task) for task in rewards)
+
+    def put(self, key: str, rewards: Rewards) -> Rewards:
+        if self.path is not None:
+            write_json_atomic(self.path, {**self._read(), key: [list(r) for r in rewards]})
+        return rewards
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

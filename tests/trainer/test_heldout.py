@@ -203,3 +203,61 @@ def test_rl_mode_evaluates_its_fixed_prompt_only(tmp_path):
         (0, "newest", 0, ["Answer in one short sentence."])]
     assert trainer.metrics[0].test_reward == pytest.approx(evals[0]["mean"])
     assert ckpt.read_best(tmp_path / "rl")["prompt_id"] == 0
+
+
+def test_weights_digest_tells_bit_identical_weights_apart():
+    from espl.trainer.heldout import eval_key, weights_digest
+
+    a = {"w": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3), "b": torch.ones(3)}
+    same = {"b": torch.ones(3), "w": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)}
+    assert weights_digest(a) == weights_digest(same)
+    nudged = {**a, "b": torch.tensor([1.0, 1.0, torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)).item()])}
+    assert weights_digest(nudged) != weights_digest(a)
+    assert weights_digest({**a, "w": a["w"].float()}) != weights_digest(a)  # same values, another dtype
+    cfg = {"rollout": {"max_new_tokens": 8}}
+    assert eval_key("d", cfg, ["p"]) != eval_key("d", {"rollout": {"max_new_tokens": 9}}, ["p"])
+    assert eval_key("d", cfg, ["p"]) != eval_key("d", cfg, []) != eval_key("e", cfg, [])
+
+
+class Killed(Exception):
+    """Stands in for a kill (SIGTERM, the end of a session) in the middle of an evaluation."""
+
+
+@pytest.mark.slow
+def test_an_evaluation_cut_off_by_a_kill_resumes_at_its_next_prompt(tmp_path):
+    """Killed while evaluating its second prompt after the last step, a resumed run redoes that step from its
+    checkpoint (to bit-identical weights), reuses the first prompt's rewards from evals_partial.json, runs
+    only the rest, and writes what an uninterrupted run writes."""
+    # mode rl with a fixed prompt: two distinct prompts to evaluate (the fixed one and none)
+    cfg = tiny_eval(**{"mode": "rl", "selection.fixed_principles": ["Answer in one short sentence."],
+                       "evaluation.prompts": ["newest", "none"]})
+    full = Trainer(cfg, tmp_path / "full", policy=build_policy(cfg))
+    full.train(2)
+
+    calls: list = []
+    record = capture_rollouts(calls)
+
+    def killed_at_second_prompt(env, policy, episodes, params, *, env_kwargs=None, **kw):
+        if (env_kwargs or {}).get("split") == "test" and any(split == "test" for split, _ in calls):
+            raise Killed
+        return record(env, policy, episodes, params, env_kwargs=env_kwargs, **kw)
+
+    run = tmp_path / "cut"
+    first = Trainer(cfg, run, policy=build_policy(cfg), rollout_fn=killed_at_second_prompt)
+    with pytest.raises(Killed):
+        first.train(2)
+    partial = json.loads((run / "evals_partial.json").read_text())
+    assert len(partial) == 1 and not (run / "evals.jsonl").exists()
+    (first_prompt,) = [json.loads(k)["principles"] for k in partial]
+
+    calls_resumed: list = []
+    resumed = Trainer(cfg, run, policy=build_policy(cfg), rollout_fn=capture_rollouts(calls_resumed), resume=True)
+    assert resumed.step_count == 1  # the cut-off step is redone
+    resumed.train(2)
+    assert len({tuple(e["principles"]) for e in read_evals(tmp_path / "full")}) == 2
+    evaluated = [eps for split, eps in calls_resumed if split == "test"]
+    assert len(evaluated) == 1  # the first prompt's rewards came from evals_partial.json
+    assert comparable(resumed) == comparable(full)
+    assert (run / "evals.jsonl").read_text() == (tmp_path / "full" / "evals.jsonl").read_text()
+    assert first_prompt in [e["principles"] for e in read_evals(run)]
+    assert not (run / "evals_partial.json").exists()  # cleared by the step's checkpoint
